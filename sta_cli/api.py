@@ -1,0 +1,168 @@
+"""The library API behind the CLI: load a model, prune it into an artifact, compare pruned vs unpruned."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import __version__
+from .errors import StaError
+from .flops import FLOPS_LABEL, gflops
+from .io.artifact import atomic_dir, check_writable, write_artifact
+from .io.checkpoints import Source, resolve
+from .io.video import load_clip, synthetic_clip
+from .models import build_from_source
+from .pruning import STAConfig
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:
+    """`base` (default: no pruning) with r1 and any STA options given (None means unchanged)."""
+    changes = {k: v for k, v in {"r1": r1, **options}.items() if v is not None}
+    return dataclasses.replace(base or STAConfig(), **changes)
+
+
+def load(
+    spec: str | Path,
+    r1: int | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device = "cpu",
+    **sta_options,
+) -> nn.Module:
+    """Load a model in eval mode: an alias, Hub repo id, local folder or weights file, or an artifact.
+
+    r1 = None keeps an artifact's pruning settings (and means no pruning for a plain checkpoint);
+    r1 = 0 is always the unpruned model. Other keyword arguments are STAConfig fields.
+    """
+    source = resolve(str(spec), revision=revision, token=token)
+    return from_source(source, r1, **sta_options).to(device)
+
+
+def from_source(source: Source, r1: int | None = None, **sta_options) -> nn.Module:
+    base = STAConfig.from_dict(source.sta) if source.is_artifact else None
+    return build_from_source(source, sta_config(base, r1, **sta_options))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch.Tensor, str]:
+    """The validation clip: decoded from `clip`, else the deterministic synthetic one."""
+    if clip is not None:
+        return load_clip(Path(clip), model.preprocessing), str(clip)
+    return synthetic_clip(model.preprocessing), "synthetic"
+
+
+@torch.no_grad()
+def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> dict:
+    """Agreement of pruned with unpruned predictions, averaged over the batch."""
+    top1 = (unpruned_logits.argmax(-1) == pruned_logits.argmax(-1)).float().mean().item()
+    k = min(5, unpruned_logits.shape[-1])
+    a, b = unpruned_logits.topk(k, -1).indices, pruned_logits.topk(k, -1).indices
+    overlap = (a[:, :, None] == b[:, None, :]).any(-1).float().mean().item()
+    cosine = F.cosine_similarity(unpruned_logits.float(), pruned_logits.float(), dim=-1).mean().item()
+    return {"top1_agreement": top1, f"top{k}_overlap": overlap, "logit_cosine": cosine}
+
+
+def top_labels(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[dict]:
+    probs = logits.float().softmax(-1)[0]
+    p, i = probs.topk(min(k, probs.numel()))
+    return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
+
+
+def default_output(source_name: str, r1: int) -> Path:
+    return Path(f"{source_name}-sta-r{r1}")
+
+
+@torch.no_grad()
+def prune(
+    spec: str | Path,
+    r1: int,
+    out: str | Path | None = None,
+    *,
+    clip: str | Path | None = None,
+    force: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    log: Log = _quiet,
+    **sta_options,
+) -> dict:
+    """Prune `spec` with STA and write an artifact folder. Returns the report (also in OUT/report.json).
+
+    Validates on a sample clip: the artifact reloaded with r1 = 0 must reproduce the source
+    checkpoint exactly, and the pruned model is compared with the unpruned one.
+    """
+    if out is not None:
+        check_writable(Path(out), force)
+    log(f"resolving {spec}")
+    source = resolve(str(spec), revision=revision, token=token)
+    base = STAConfig.from_dict(source.sta) if source.is_artifact else None
+    sta = sta_config(base, r1, **sta_options)
+    out = Path(out) if out is not None else default_output(source.name, sta.r1)
+    check_writable(out, force)
+    log(f"loading weights ({', '.join(p.name for p in source.weights)})")
+    model = build_from_source(source, STAConfig())  # unpruned first: the reference
+    unpruned_tokens, unpruned_flops = model.tokens_per_stage, gflops(model)
+    model.set_sta(sta)  # validates r1 against the token grid
+    log("counting FLOPs")
+    pruned_flops = gflops(model)
+
+    log(f"validating on the {'clip ' + str(clip) if clip else 'synthetic clip'}")
+    x, clip_name = sample_clip(model, clip)
+    model.set_sta(STAConfig())
+    t0 = time.perf_counter()
+    ref = model(x)
+    t_unpruned = time.perf_counter() - t0
+    model.set_sta(sta)
+    t0 = time.perf_counter()
+    pruned = model(x)
+    t_pruned = time.perf_counter() - t0
+    kept = [p.shape[1] for p in model.kept_positions]
+
+    report = {
+        "sta_version": __version__,
+        "source": {"spec": str(spec), "name": source.name, "hub": source.hub, "files": [p.name for p in source.weights]},
+        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict()},
+        "sta": sta.to_dict(),
+        "tokens": {"unpruned": unpruned_tokens, "pruned": model.tokens_per_stage},
+        "gflops": {
+            "convention": FLOPS_LABEL,
+            "unpruned": round(unpruned_flops, 3),
+            "pruned": round(pruned_flops, 3),
+            "reduction": round(1 - pruned_flops / unpruned_flops, 4),
+        },
+        "validation": {
+            "clip": clip_name,
+            "kept_tokens_per_stage": kept,
+            "top5_unpruned": top_labels(model, ref),
+            "top5_pruned": top_labels(model, pruned),
+            **compare(ref, pruned),
+            "seconds_one_clip_cpu": {"unpruned": round(t_unpruned, 4), "pruned": round(t_pruned, 4)},
+        },
+    }
+    log(f"writing {out}")
+    with atomic_dir(out, force) as tmp:
+        write_artifact(tmp, model, sta, report)
+        # The artifact must stand on its own: reload it unpruned and compare with the source.
+        reloaded = from_source(resolve(str(tmp)), r1=0)
+        diff = (reloaded(x) - ref).abs().max().item()
+        report["validation"]["reproduces_source"] = {"max_abs_diff": diff, "ok": diff <= 1e-5}
+        if diff > 1e-5:
+            raise StaError(f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})")
+        write_artifact(tmp, model, sta, report)
+    report["output"] = str(out)
+    return report

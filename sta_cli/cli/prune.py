@@ -1,0 +1,63 @@
+"""`sta prune`: prune a checkpoint with STA and write a validated artifact folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import api
+from ..flops import FLOPS_LABEL
+from . import common as c
+
+
+@c.handle_errors
+def prune(
+    model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder or weights file.")],
+    r1: c.R1 = 64,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: ./<model>-sta-r<r1>).")] = None,
+    clip: Annotated[Optional[Path], typer.Option("--clip", help="Video to validate on (default: a synthetic clip).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    first_group: c.FirstGroup = None,
+    seed: c.Seed = None,
+    order: c.Order = None,
+    schedule: c.Schedule = None,
+    similarity: c.Similarity = None,
+    score: c.Score = None,
+    revision: c.Revision = None,
+    token: c.Token = None,
+    json: c.Json = False,
+):
+    """Prune a model with STA and write an artifact (weights, config, settings, report)."""
+    with c.Steps(quiet=False) as log:
+        report = api.prune(
+            model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log,
+            **c.sta_options(first_group, seed, order, schedule, similarity, score),
+        )
+    if json:
+        c.print_json(report)
+        return
+    print_summary(report)
+
+
+def print_summary(report: dict) -> None:
+    from rich.table import Table
+
+    g, v, t = report["gflops"], report["validation"], report["tokens"]
+    table = Table(show_header=True, header_style="bold", title=f"STA r1={report['sta']['r1']} on {report['source']['name']}")
+    table.add_column("")
+    table.add_column("unpruned", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_row("parameters", f"{report['model']['params']:,}", f"{report['model']['params']:,}")
+    table.add_row(FLOPS_LABEL, f"{g['unpruned']:.2f}", f"{g['pruned']:.2f} (-{100 * g['reduction']:.0f}%)")
+    table.add_row("tokens per stage", " ".join(map(str, t["unpruned"])), " -> ".join(map(str, t["pruned"])))
+    table.add_row("top-1", v["top5_unpruned"][0]["label"], v["top5_pruned"][0]["label"])
+    c.out.print(table)
+    overlap = next(v[k] for k in v if k.endswith("_overlap"))
+    c.out.print(
+        f"validation on {v['clip']} clip: r1=0 reproduces the source (max abs diff "
+        f"{v['reproduces_source']['max_abs_diff']:.2g}); pruned vs unpruned: top-1 agreement {v['top1_agreement']:.0%}, "
+        f"top-5 overlap {overlap:.0%}, logit cosine {v['logit_cosine']:.4f}"
+    )
+    c.out.print(f"artifact written to {report['output']}")

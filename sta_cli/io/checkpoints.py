@@ -1,0 +1,203 @@
+"""Find a model's files (alias, Hub repo id, local folder or weights file) and read its weights safely.
+
+Loading never executes code from a checkpoint: safetensors first, otherwise
+`torch.load(weights_only=True)`, which refuses pickles that hold anything but tensors and containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import StaError
+from ..models.registry import ALIASES, Alias
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+# Looked up in this order in a folder or a Hub repo.
+WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass
+class Source:
+    """Where a model comes from, and the files that describe it."""
+
+    spec: str  # what the user typed
+    name: str  # short name for default output folders and reports
+    weights: list[Path]  # one file, or the shards of a sharded checkpoint
+    config: dict | None = None  # config.json (Hugging Face or sta spelling)
+    preprocessor: dict | None = None  # preprocessor_config.json, if any
+    sta: dict | None = None  # sta.json of an sta artifact
+    alias: Alias | None = None
+    hub: dict | None = field(default=None)  # repo id and revision when it came from the Hub
+
+    @property
+    def is_artifact(self) -> bool:
+        return self.sta is not None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StaError(f"cannot read {path}: {e}") from None
+
+
+def _weights_in(folder: Path) -> list[Path]:
+    for name in WEIGHT_NAMES:
+        p = folder / name
+        if p.is_file():
+            return _expand_index(p)
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(found) == 1:
+        return found
+    if not found:
+        raise StaError(f"no weights in {folder}: expected model.safetensors, pytorch_model.bin or one .pth file")
+    raise StaError(f"several weight files in {folder} ({', '.join(p.name for p in found)}): pass one of them")
+
+
+def _expand_index(path: Path) -> list[Path]:
+    """A sharded checkpoint's index -> its shard files."""
+    if not path.name.endswith(".index.json"):
+        return [path]
+    shards = sorted(set(_read_json(path).get("weight_map", {}).values()))
+    files = [path.parent / s for s in shards]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or not files:
+        raise StaError(f"{path} names shards that are missing: {', '.join(missing) or 'none listed'}")
+    return files
+
+
+def local_source(path: Path, spec: str) -> Source:
+    if path.is_dir():
+        config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+        pre = path / "preprocessor_config.json"
+        sta = path / "sta.json"
+        return Source(
+            spec=spec,
+            name=path.resolve().name,
+            weights=_weights_in(path),
+            config=config,
+            preprocessor=_read_json(pre) if pre.is_file() else None,
+            sta=_read_json(sta) if sta.is_file() else None,
+        )
+    if path.suffix not in WEIGHT_SUFFIXES and not path.name.endswith(".index.json"):
+        raise StaError(f"{path} is not a weights file (expected {', '.join(WEIGHT_SUFFIXES)}) or a model folder")
+    return Source(spec=spec, name=path.stem, weights=_expand_index(path))
+
+
+def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
+    """Fetch (or find in the Hugging Face cache) a repo's config and weights with huggingface_hub."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    def fetch(filename: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision, token=token))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return None
+        except GatedRepoError:
+            raise StaError(f"{repo_id} is gated: accept its terms on the Hub and pass --token or log in") from None
+        except RepositoryNotFoundError:
+            raise StaError(f"no Hub repository {repo_id} (or it is private: pass --token)") from None
+        except RevisionNotFoundError:
+            raise StaError(f"{repo_id} has no revision {revision!r}") from None
+        except OSError as e:
+            raise StaError(f"cannot download {filename} from {repo_id}: {e}") from None
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hub or in the cache"
+    config = fetch("config.json")
+    weights = None
+    for name in WEIGHT_NAMES:
+        p = fetch(name)
+        if p is None:
+            continue
+        if name.endswith(".index.json"):
+            for shard in sorted(set(_read_json(p).get("weight_map", {}).values())):
+                if fetch(shard) is None:
+                    raise StaError(f"{repo_id}: shard {shard} is not available {where}")
+        weights = _expand_index(p)
+        break
+    missing = ([] if config else ["config.json"]) + ([] if weights else ["model.safetensors or pytorch_model.bin"])
+    if missing:
+        hint = " (download it once with network access: hf download " + repo_id + ")" if offline else ""
+        raise StaError(f"{repo_id}: {' and '.join(missing)} not found {where}{hint}")
+    pre = fetch("preprocessor_config.json")
+    return Source(
+        spec=spec,
+        name=repo_id.split("/")[-1],
+        weights=weights,
+        config=_read_json(config),
+        preprocessor=_read_json(pre) if pre else None,
+        hub={"repo_id": repo_id, "revision": revision or "main"},
+    )
+
+
+def resolve(spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
+    """alias | local folder or file | Hub repo id -> Source."""
+    alias = ALIASES.get(spec)
+    if alias is not None:
+        if alias.packaged:
+            src = local_source(alias.path, spec)
+        else:
+            src = hub_source(alias.source, spec, revision, token)
+        src.alias, src.name = alias, alias.name
+        return src
+    path = Path(spec).expanduser()
+    if path.exists():
+        return local_source(path, spec)
+    if _REPO_ID.match(spec) and not spec.startswith((".", "/")) and not path.suffix in WEIGHT_SUFFIXES:
+        return hub_source(spec, spec, revision, token)
+    raise StaError(f"unknown model {spec!r}: not an alias (see `sta models`), an existing path, or a Hub repo id")
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """Original training checkpoints keep the state dict under 'module', 'model' or 'state_dict'."""
+    if isinstance(obj, dict):
+        for key in ("module", "model", "state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) // 2:
+            return tensors
+    raise StaError(f"{path} holds no state dict (looked at the top level and under 'module', 'model', 'state_dict')")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """One weights file -> state dict on the CPU, without executing code from it."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types for bad headers and short files
+            raise StaError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StaError(f"{path} is not plain weights; refusing to load it ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
+        raise StaError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+    return _unwrap(obj, path)
+
+
+def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(read_weights(f))
+    return sd

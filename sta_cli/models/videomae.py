@@ -1,0 +1,321 @@
+"""VideoMAE ViT (Tong et al., 2022) with STA token pruning, in plain PyTorch.
+
+Tokens: a Conv3d tubelet embedding gives n_t x n_s tokens (time-major), plus a fixed sinusoidal
+position table; pre-norm blocks; mean pooling, fc_norm and a linear classifier. STA runs after the
+blocks its plan names (pruning/config.py) and the rest of the network sees only the kept tokens.
+
+`checkpoint_filter_fn` maps the Hugging Face and original VideoMAE key layouts into ours (the
+original layout with a fused qkv bias whose key part is zero).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import StaError
+from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature, stage_keep_indices
+
+# Head counts of the released sizes: weights do not constrain them, so a config that disagrees
+# (the Hub's ViT-S config says 16) is overridden. (embed_dim, depth) -> heads.
+KNOWN_HEADS = {(384, 12): 6, (768, 12): 12, (1024, 24): 16, (1280, 32): 16}
+
+
+@dataclass(frozen=True)
+class VideoMAEConfig:
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    num_classes: int = 400
+    image_size: int = 224
+    patch_size: int = 16
+    num_frames: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    qkv_bias: bool = True
+    use_mean_pooling: bool = True
+    norm_eps: float = 1e-6  # blocks (original 1e-6, Hugging Face 1e-12)
+    fc_norm_eps: float = 1e-6  # fc_norm (original 1e-6, Hugging Face 1e-5)
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise StaError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size or self.num_frames % self.tubelet_size:
+            raise StaError(
+                f"input {self.num_frames}x{self.image_size}^2 is not a whole number of "
+                f"{self.tubelet_size}x{self.patch_size}^2 tubelets"
+            )
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid (n_t, h, w)."""
+        side = self.image_size // self.patch_size
+        return self.num_frames // self.tubelet_size, side, side
+
+    @property
+    def num_tokens(self) -> int:
+        n_t, h, w = self.grid
+        return n_t * h * w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoMAEConfig":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "VideoMAEConfig":
+        """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias)."""
+        embed, depth = hf.get("hidden_size", 768), hf.get("num_hidden_layers", 12)
+        heads = hf.get("num_attention_heads", 12)
+        if KNOWN_HEADS.get((embed, depth), heads) != heads:
+            warnings.warn(
+                f"config says {heads} attention heads for a {embed}-wide, {depth}-block VideoMAE; the released "
+                f"model was trained with {KNOWN_HEADS[(embed, depth)]}: using {KNOWN_HEADS[(embed, depth)]}",
+                stacklevel=2,
+            )
+            heads = KNOWN_HEADS[(embed, depth)]
+        labels = hf.get("id2label") or {}
+        return cls(
+            embed_dim=embed,
+            depth=depth,
+            num_heads=heads,
+            mlp_dim=hf.get("intermediate_size", 4 * embed),
+            num_classes=len(labels) if labels else hf.get("num_labels", 400),
+            image_size=hf.get("image_size", 224),
+            patch_size=hf.get("patch_size", 16),
+            num_frames=hf.get("num_frames", 16),
+            tubelet_size=hf.get("tubelet_size", 2),
+            in_chans=hf.get("num_channels", 3),
+            qkv_bias=hf.get("qv_bias", hf.get("qkv_bias", True)),
+            use_mean_pooling=hf.get("use_mean_pooling", True),
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            fc_norm_eps=1e-5,  # transformers builds fc_norm with nn.LayerNorm's default
+        )
+
+
+def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
+    """The fixed sin-cos position table of VideoMAE (computed in float64 as the original does). -> (1, n, dim)."""
+    pos = torch.arange(n_position, dtype=torch.float64)[:, None]
+    expo = 2 * (torch.arange(dim) // 2).to(torch.float64) / dim
+    angle = pos / torch.pow(10000.0, expo)
+    table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
+    return table.to(torch.float32)[None]
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: VideoMAEConfig):
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, (cfg.tubelet_size, p, p), (cfg.tubelet_size, p, p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, N, D), time-major
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; also returns q, k, v for STA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D)), (q, k, v)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: VideoMAEConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim)
+
+    def forward(self, x: torch.Tensor):
+        y, qkv = self.attn(self.norm1(x))
+        x = x + y
+        x = x + self.mlp(self.norm2(x))
+        return x, qkv
+
+
+class VideoMAE(nn.Module):
+    """VideoMAE classifier; `sta` (an STAConfig) turns on pruning, r1 = 0 is the plain model.
+
+    forward(pixel_values (B, C, T, H, W)) -> logits (B, classes); afterwards `kept_positions` holds,
+    per STA stage, the original token indices (B, tokens) that stage kept.
+    """
+
+    def __init__(self, cfg: VideoMAEConfig, sta: STAConfig | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.register_buffer("pos_embed", sinusoid_table(cfg.num_tokens, cfg.embed_dim), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.Identity() if cfg.use_mean_pooling else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.fc_norm_eps) if cfg.use_mean_pooling else nn.Identity()
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.kept_positions: list[torch.Tensor] = []
+        self.set_sta(sta or STAConfig())
+
+    def set_sta(self, sta: STAConfig) -> None:
+        """Change the pruning settings (validated against this model's token grid)."""
+        n_t, h, w = self.cfg.grid
+        self.stages = plan_stages(sta, self.cfg.depth, n_t, h * w)
+        self.sta = sta
+        self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
+
+    @property
+    def tokens_per_stage(self) -> list[int]:
+        """Token count entering the network, then after each STA stage."""
+        return [self.cfg.num_tokens] + [s.tokens_out for s in self.stages]
+
+    def forward_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pooled features (B, D) and, per STA stage, the kept original token indices (B, tokens)."""
+        x = self.patch_embed(pixel_values) + self.pos_embed.to(pixel_values.dtype)
+        B, N, _ = x.shape
+        positions = torch.arange(N, device=x.device).expand(B, N)
+        kept = []
+        for i, blk in enumerate(self.blocks):
+            x, qkv = blk(x)
+            s = self._stage_at.get(i)
+            if s is not None:
+                metric = similarity_feature(self.sta.similarity, x, qkv)
+                idx = stage_keep_indices(x, metric, positions, self.stages[s], self.sta, s, self.cfg.grid[1:])
+                x, positions = gather_tokens(x, idx), gather_tokens(positions, idx)
+                kept.append(positions)
+        x = self.norm(x)
+        pooled = self.fc_norm(x.mean(1)) if self.cfg.use_mean_pooling else x[:, 0]
+        return pooled, kept
+
+    def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pooled, kept = self.forward_tokens(pixel_values)
+        return self.head(pooled), kept
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits, self.kept_positions = self.forward_with_positions(pixel_values)
+        return logits
+
+
+# --- checkpoint layouts -------------------------------------------------------------------------
+
+_HF_BLOCK = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_TOP = {
+    "videomae.embeddings.patch_embeddings.projection": "patch_embed.proj",
+    "videomae.layernorm": "norm",
+    "fc_norm": "fc_norm",
+    "classifier": "head",
+}
+_QKV_PARTS = re.compile(r"^blocks\.(\d+)\.attn\.(q|k|v)_(weight|bias)$")
+
+
+def _fuse_qkv(sd: dict[str, torch.Tensor], consumed: set[str]) -> dict[str, torch.Tensor]:
+    """blocks.i.attn.{q,k,v}_{weight,bias} staging keys -> blocks.i.attn.qkv.{weight,bias}; missing k bias = 0."""
+    out = {}
+    layers = sorted({int(m.group(1)) for k in sd if (m := _QKV_PARTS.match(k))})
+    for i in layers:
+        pre = f"blocks.{i}.attn."
+        w = [sd.get(pre + f"{p}_weight") for p in "qkv"]
+        if any(t is None for t in w):
+            continue  # reported as missing by the caller
+        out[pre + "qkv.weight"] = torch.cat(w)
+        biases = [sd.get(pre + f"{p}_bias") for p in "qkv"]
+        if biases[0] is not None or biases[2] is not None:
+            zeros = torch.zeros_like(w[0][:, 0])
+            out[pre + "qkv.bias"] = torch.cat([b if b is not None else zeros for b in biases])
+        consumed.update(pre + f"{p}_{t}" for p in "qkv" for t in ("weight", "bias"))
+    return out
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face or original VideoMAE state dict into this module's key layout.
+
+    Keys this function does not recognise are left as they are, so the strict load that follows
+    names them.
+    """
+    staged: dict[str, torch.Tensor] = {}
+    hf = any(k.startswith("videomae.") for k in state_dict)
+    for key, t in state_dict.items():
+        new = key
+        if hf:
+            m = re.match(r"^videomae\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
+            qkv = re.match(r"^videomae\.encoder\.layer\.(\d+)\.attention\.attention\.(?:(query|key|value)\.(weight|bias)|(q|v)_bias)$", key)
+            if qkv:
+                i = qkv.group(1)
+                part = (qkv.group(2) or qkv.group(4))[0]
+                new = f"blocks.{i}.attn.{part}_{qkv.group(3) or 'bias'}"
+            elif m and m.group(2) in _HF_BLOCK:
+                new = f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}.{m.group(3)}"
+            else:
+                for src, dst in _HF_TOP.items():
+                    if key.startswith(src + "."):
+                        new = dst + key[len(src):]
+        else:
+            m = re.match(r"^blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$", key)
+            if m and m.group(2) == "qkv.weight":
+                for j, p in enumerate("qkv"):
+                    staged[f"blocks.{m.group(1)}.attn.{p}_weight"] = t.chunk(3)[j]
+                continue
+            if m:
+                new = f"blocks.{m.group(1)}.attn.{m.group(2)[0]}_bias"
+        staged[new] = t
+    consumed: set[str] = set()
+    fused = _fuse_qkv(staged, consumed)
+    out = {k: v for k, v in staged.items() if k not in consumed}
+    out.update(fused)
+    return out
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides) -> VideoMAEConfig:
+    """Infer the architecture from tensor shapes (our layout). Heads, image size and frame count are not in
+    the weights: heads follow the released sizes (else 64 per head), the input defaults to 16x224^2."""
+    try:
+        w = sd["patch_embed.proj.weight"]  # (D, C, t, p, p)
+        embed, in_chans, tubelet, patch = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
+        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k)))
+        mlp_dim = sd["blocks.0.mlp.fc1.weight"].shape[0]
+        num_classes = sd["head.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as e:
+        raise StaError(f"not a VideoMAE classifier checkpoint: cannot find {e} in its weights") from None
+    inferred = dict(
+        embed_dim=embed,
+        depth=depth,
+        num_heads=KNOWN_HEADS.get((embed, depth), max(1, embed // 64)),
+        mlp_dim=mlp_dim,
+        num_classes=num_classes,
+        patch_size=patch,
+        tubelet_size=tubelet,
+        in_chans=in_chans,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        use_mean_pooling="fc_norm.weight" in sd,
+    )
+    inferred.update(overrides)
+    return VideoMAEConfig(**inferred)

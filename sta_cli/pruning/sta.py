@@ -1,0 +1,165 @@
+"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; reference-notes §1).
+
+Nothing here knows about models: the backbone hands over a stage's tokens, a similarity feature
+and the stage plan, and gets back the indices of the tokens to keep. Every shape is static (top-k
+with a constant k, gather, matmul, softmax), so the same code runs batched and exports to ONNX.
+
+Notation: B batch, N tokens entering the stage, G groups (consecutive runs of N // G tokens,
+one or more temporal slices), n = N // G tokens per group, r dropped per group, c feature size.
+Scores are computed in float32 whatever the model's dtype: fp16 would change which tokens win.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import STAConfig, Stage
+
+
+def semantic_weight(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Activation map |x|.sum(-1), min-max normalised within each group (Eq. 4). (B, N, d) -> (B, G, n)."""
+    a = x.float().abs().sum(-1).unflatten(1, (groups, -1))
+    lo, hi = a.amin(-1, keepdim=True), a.amax(-1, keepdim=True)
+    return (a - lo) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def bipartite_drop_order(metric: torch.Tensor) -> torch.Tensor:
+    """ToMe-style ordering of one group for dropping instead of merging. (B, n, c) -> (B, n).
+
+    Even positions are candidates (set A), odd positions the targets (set B). The result lists all
+    of B in order, then A by ascending best-match cosine to B: dropping the last r removes the
+    A tokens that B already covers best.
+    """
+    n = metric.shape[1]
+    a, b = metric[:, ::2], metric[:, 1::2]
+    best = (a @ b.transpose(-1, -2)).amax(-1)  # (B, ceil(n/2))
+    evens = torch.arange(0, n, 2, device=metric.device)
+    odds = torch.arange(1, n, 2, device=metric.device)
+    a_sorted = evens[best.argsort(-1)]  # (B, ceil(n/2))
+    return torch.cat([odds.expand(a_sorted.shape[0], -1), a_sorted], 1)
+
+
+def drop_last_order(drop_key: torch.Tensor, r: int) -> torch.Tensor:
+    """Order a group so that the r tokens with the smallest `drop_key` come last, the rest in place. (B, n) -> (B, n)."""
+    n = drop_key.shape[-1]
+    dropped = torch.zeros_like(drop_key, dtype=torch.long).scatter(-1, drop_key.topk(r, -1, largest=False).indices, 1)
+    return (dropped * n + torch.arange(n, device=drop_key.device)).argsort(-1)
+
+
+def grid_drop_key(uniform: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Random key that ranks one random token of every spatial cell first (the paper's grid prune).
+
+    uniform (B, n) in [0, 1), cells (B, n) cell id per token. The token with the smallest draw in
+    its cell gets its draw as key, every other token its draw + 1.
+    """
+    same_cell = cells[:, :, None] == cells[:, None, :]  # (B, n, n)
+    cell_min = torch.where(same_cell, uniform[:, None, :], torch.ones_like(uniform)[:, None, :]).amin(-1)
+    return uniform + (uniform > cell_min).to(uniform.dtype)
+
+
+def accumulate(
+    metric: torch.Tensor, prev_metric: torch.Tensor, prev_score: torch.Tensor | None
+) -> torch.Tensor:
+    """Markov step of the temporal accumulation (Eq. 3). -> (B, n) accumulated redundancy.
+
+    metric (B, n, c) and prev_metric (B, p, c) are L2-normalised, prev_score (B, p) sums to 1 per
+    sample, or None for the reference's second group, where it is a column of ones over all of the
+    first group's tokens. The transition softmax runs over the CURRENT group's tokens.
+    """
+    transition = (metric @ prev_metric.transpose(-1, -2)).softmax(dim=1)  # (B, n, p)
+    if prev_score is None:
+        return transition.sum(-1)
+    return (transition @ prev_score[..., None])[..., 0]
+
+
+def keep_lowest(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` lowest scores, ascending. (B, n) -> (B, keep)."""
+    return score.topk(keep, dim=-1, largest=False).indices
+
+
+def similarity_feature(kind: str, x: torch.Tensor, qkv: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The feature f behind token affinities: attention q/k/v averaged over heads, or the block output."""
+    if kind == "feature":
+        return x
+    q, k, v = qkv  # each (B, heads, N, head_dim)
+    return {"query": q, "key": k, "value": v}[kind].mean(1)
+
+
+def random_uniform(n: int, seed: int, stage: int, device) -> torch.Tensor:
+    """A fixed draw per (seed, stage): deterministic, identical for every sample, constant when traced."""
+    gen = torch.Generator().manual_seed(seed * 1009 + stage)
+    return torch.rand(n, generator=gen).to(device)
+
+
+def first_group_order(
+    metric: torch.Tensor, positions: torch.Tensor, r: int, cfg: STAConfig, stage_index: int, grid_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Order of the first visited group's tokens, kept ones first. (B, n, c), (B, n) -> (B, n)."""
+    if cfg.first_group == "tome":
+        return bipartite_drop_order(metric)
+    B, n = positions.shape
+    uniform = random_uniform(n, cfg.seed, stage_index, metric.device).expand(B, n)
+    if cfg.first_group == "random":
+        return drop_last_order(uniform, r)
+    h, w = grid_hw
+    side = math.ceil(math.sqrt(r))  # side x side cells >= r: one token from r of them
+    y, x = (positions % (h * w)).div(w, rounding_mode="floor"), positions % w
+    cells = (y * side).div(h, rounding_mode="floor") * side + (x * side).div(w, rounding_mode="floor")
+    return drop_last_order(grid_drop_key(uniform, cells), r)
+
+
+def stage_keep_indices(
+    x: torch.Tensor,
+    metric: torch.Tensor,
+    positions: torch.Tensor,
+    stage: Stage,
+    cfg: STAConfig,
+    stage_index: int,
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Indices of the tokens one STA stage keeps, groups in temporal order. -> (B, N - G * r).
+
+    x (B, N, d) block output; metric (B, N, c) similarity feature; positions (B, N) original token
+    index of each token (for the grid ablation). Within a group, kept tokens come in the order the
+    reference produces (first group: bipartite order; others: ascending score), which later stages'
+    even/odd split depends on.
+    """
+    B, N, _ = x.shape
+    G, r = stage.groups, stage.drop
+    n = N // G
+    keep = n - r
+    metric = F.normalize(metric.float(), dim=-1).unflatten(1, (G, n))  # (B, G, n, c)
+    semantic = semantic_weight(x, G)  # (B, G, n)
+    positions = positions.unflatten(1, (G, n))
+    visit = list(range(G - 1, -1, -1)) if stage.backward else list(range(G))
+
+    kept: dict[int, torch.Tensor] = {}  # group -> (B, keep) indices within the group
+    first = visit[0]
+    order = first_group_order(metric[:, first], positions[:, first], r, cfg, stage_index, grid_hw)
+    kept[first] = order[:, :keep]
+    prev_metric, prev_score = metric[:, first], None  # all n first-group tokens (order is irrelevant)
+    for g in visit[1:]:
+        redundancy = accumulate(metric[:, g], prev_metric, prev_score)  # (B, n)
+        if cfg.score == "sta":
+            score = redundancy * (1 - semantic[:, g])  # Eq. 5
+        elif cfg.score == "temporal":
+            score = redundancy
+        else:
+            score = 1 - semantic[:, g]
+        idx = keep_lowest(score, keep)
+        kept[g] = idx
+        prev_metric = metric[:, g].gather(1, idx[..., None].expand(-1, -1, metric.shape[-1]))
+        prev_score = redundancy.gather(1, idx)
+        prev_score = prev_score / prev_score.sum(-1, keepdim=True)
+    offsets = torch.arange(G, device=x.device) * n
+    return torch.cat([kept[g] + offsets[g] for g in range(G)], 1)
+
+
+def gather_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[b, idx[b]] for (B, N, ...) and (B, K) -> (B, K, ...)."""
+    if t.dim() == 2:
+        return t.gather(1, idx)
+    return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
