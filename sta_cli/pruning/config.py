@@ -11,7 +11,7 @@ FIRST_GROUP = ("tome", "random", "grid")
 ORDERS = ("fbf", "bfb", "fff", "bbb")
 SCHEDULES = ("decreasing", "constant", "increasing")
 SIMILARITIES = ("key", "query", "value", "feature")
-SCORES = ("sta", "temporal", "semantic")
+SCORES = ("sta", "temporal", "semantic", "random")
 
 # Tokens dropped per original frame at stages 1, 2, 3, as multiples of r1 (paper Sec. 4.1 and
 # Table 6d). A stage-s group spans 2**s frames, so the per-group drop is r1 * mult * 2**s:
@@ -33,7 +33,12 @@ class STAConfig:
     order: str = "fbf"  # visiting order per stage: f = first-to-last, b = last-to-first
     schedule: str = "decreasing"
     similarity: str = "key"  # feature behind the token-to-token affinity
-    score: str = "sta"  # sta = temporal * (1 - semantic); or one factor alone
+    score: str = "sta"  # sta = temporal * (1 - semantic); or one factor alone; random = baseline
+
+    @classmethod
+    def random_baseline(cls, r1: int, seed: int = 0) -> "STAConfig":
+        """Same token counts, tokens chosen at random (the paper's Fig. 5 baseline)."""
+        return cls(r1=r1, first_group="random", score="random", seed=seed)
 
     def __post_init__(self):
         for name, allowed in (

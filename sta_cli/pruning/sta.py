@@ -147,8 +147,10 @@ def stage_keep_indices(
             score = redundancy * (1 - semantic[:, g])  # Eq. 5
         elif cfg.score == "temporal":
             score = redundancy
-        else:
+        elif cfg.score == "semantic":
             score = 1 - semantic[:, g]
+        else:  # random baseline: a fixed draw per (seed, stage, group)
+            score = random_uniform(n, cfg.seed, 100 * (stage_index + 1) + g, x.device).expand(B, n)
         idx = keep_lowest(score, keep)
         kept[g] = idx
         prev_metric = metric[:, g].gather(1, idx[..., None].expand(-1, -1, metric.shape[-1]))
