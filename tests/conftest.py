@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny randomly initialised VideoMAE checkpoints in the layouts users have."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_HF = dict(
+    hidden_size=48,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    intermediate_size=96,
+    image_size=64,
+    patch_size=16,
+    num_frames=8,
+    tubelet_size=2,
+    num_labels=5,
+)
+
+
+def tiny_hf_model(seed: int = 0, **overrides):
+    """A transformers VideoMAEForVideoClassification with random weights and non-zero biases."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    torch.manual_seed(seed)
+    cfg = VideoMAEConfig(**{**TINY_HF, **overrides})
+    cfg.id2label = {i: f"action_{i}" for i in range(cfg.num_labels)}
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    model = VideoMAEForVideoClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.3)  # non-zero q/v biases catch a loader that drops them
+    return model
+
+
+def to_original_layout(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original VideoMAE (.pth) key layout, written independently of sta's loader."""
+    out = {}
+    n_layers = 1 + max(int(k.split(".")[3]) for k in hf_sd if k.startswith("videomae.encoder.layer."))
+    out["patch_embed.proj.weight"] = hf_sd["videomae.embeddings.patch_embeddings.projection.weight"]
+    out["patch_embed.proj.bias"] = hf_sd["videomae.embeddings.patch_embeddings.projection.bias"]
+    for i in range(n_layers):
+        p = f"videomae.encoder.layer.{i}."
+        a = p + "attention.attention."
+        out[f"blocks.{i}.norm1.weight"] = hf_sd[p + "layernorm_before.weight"]
+        out[f"blocks.{i}.norm1.bias"] = hf_sd[p + "layernorm_before.bias"]
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([hf_sd[a + f"{n}.weight"] for n in ("query", "key", "value")])
+        out[f"blocks.{i}.attn.q_bias"] = hf_sd[a + "query.bias"]
+        out[f"blocks.{i}.attn.v_bias"] = hf_sd[a + "value.bias"]
+        out[f"blocks.{i}.attn.proj.weight"] = hf_sd[p + "attention.output.dense.weight"]
+        out[f"blocks.{i}.attn.proj.bias"] = hf_sd[p + "attention.output.dense.bias"]
+        out[f"blocks.{i}.norm2.weight"] = hf_sd[p + "layernorm_after.weight"]
+        out[f"blocks.{i}.norm2.bias"] = hf_sd[p + "layernorm_after.bias"]
+        out[f"blocks.{i}.mlp.fc1.weight"] = hf_sd[p + "intermediate.dense.weight"]
+        out[f"blocks.{i}.mlp.fc1.bias"] = hf_sd[p + "intermediate.dense.bias"]
+        out[f"blocks.{i}.mlp.fc2.weight"] = hf_sd[p + "output.dense.weight"]
+        out[f"blocks.{i}.mlp.fc2.bias"] = hf_sd[p + "output.dense.bias"]
+    out["fc_norm.weight"], out["fc_norm.bias"] = hf_sd["fc_norm.weight"], hf_sd["fc_norm.bias"]
+    out["head.weight"], out["head.bias"] = hf_sd["classifier.weight"], hf_sd["classifier.bias"]
+    return out
+
+
+def with_legacy_bias_names(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers v4 checkpoints name the biases q_bias / v_bias (as the Hub files do)."""
+    out = {}
+    for k, v in hf_sd.items():
+        k = k.replace("attention.attention.query.bias", "attention.attention.q_bias")
+        k = k.replace("attention.attention.value.bias", "attention.attention.v_bias")
+        out[k] = v
+    return out
+
+
+def save_hub_folder(model, folder: Path, fmt: str = "safetensors", legacy_bias_names: bool = False) -> Path:
+    """config.json + model.safetensors | pytorch_model.bin, as on the Hub."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if legacy_bias_names:
+        sd = with_legacy_bias_names(sd)
+    if fmt == "safetensors":
+        save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(sd, folder / "pytorch_model.bin")
+    return folder
+
+
+def populate_hf_cache(cache: Path, repo_id: str, files: dict[str, Path], revision: str = "main") -> Path:
+    """Lay files out exactly as huggingface_hub's cache does (blobs, snapshots, refs)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for i, (name, src) in enumerate(files.items()):
+        blob = repo / "blobs" / f"blob{i:04d}"
+        shutil.copy(src, blob)
+        (snap / name).symlink_to(Path("../..") / "blobs" / blob.name)
+    return snap
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return tiny_hf_model()
+
+
+@pytest.fixture(scope="session")
+def hub_folder(tmp_path_factory, hf_model) -> Path:
+    return save_hub_folder(hf_model, tmp_path_factory.mktemp("hub") / "tiny-videomae")
+
+
+@pytest.fixture
+def clip() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 3, TINY_HF["num_frames"], TINY_HF["image_size"], TINY_HF["image_size"])
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
