@@ -60,6 +60,9 @@ def atomic_dir(out: Path, force: bool = False):
         tmp.rename(out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # disk full, permissions changed under us...: a clean error, nothing left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StaError(f"cannot write {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
