@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from . import __version__
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
-from .io.artifact import atomic_dir, check_writable, write_artifact
+from .io.artifact import atomic_dir, check_writable, write_json, write_model
 from .io.checkpoints import Source, resolve
 from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
@@ -156,13 +156,13 @@ def prune(
     }
     log(f"writing {out}")
     with atomic_dir(out, force) as tmp:
-        write_artifact(tmp, model, sta, report)
+        write_model(tmp, model, sta)
         # The artifact must stand on its own: reload it unpruned and compare with the source.
         reloaded = from_source(resolve(str(tmp)), r1=0)
         diff = (reloaded(x) - ref).abs().max().item()
         report["validation"]["reproduces_source"] = {"max_abs_diff": diff, "ok": diff <= 1e-5}
         if diff > 1e-5:
             raise StaError(f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})")
-        write_artifact(tmp, model, sta, report)
+        write_json(tmp / "report.json", report)
     report["output"] = str(out)
     return report

@@ -104,13 +104,13 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_artifact(folder: Path, model: nn.Module, sta: STAConfig, report: dict) -> None:
-    """Write the four artifact files into `folder` (a temporary folder from `atomic_dir`)."""
+def write_model(folder: Path, model: nn.Module, sta: STAConfig) -> None:
+    """Weights, config.json and sta.json into `folder` (a temporary folder from `atomic_dir`);
+    `report.json` follows once the written model has been validated."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", "producer": "sta"})
     write_json(folder / "config.json", model_config(model))
     write_json(folder / "sta.json", {**sta.to_dict(), "stages": [s.__dict__ for s in model.stages]})
-    write_json(folder / "report.json", report)
 
 
 def is_artifact(folder: Path) -> bool:
