@@ -79,6 +79,7 @@ def offline_cache(tmp_path, hub_folder):
     files = {"config.json": hub_folder / "config.json", "model.safetensors": hub_folder / "model.safetensors"}
     populate_hf_cache(cache, "MCG-NJU/videomae-base-finetuned-kinetics", files)
     populate_hf_cache(cache, "someone/tiny-videomae", files)
+    populate_hf_cache(cache, "someone/tagged-videomae", files, revision="v1.0")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     return cache, env
 
@@ -97,6 +98,11 @@ def test_alias_and_repo_id_resolve_from_offline_cache(tmp_path, offline_cache):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[48, 40, 36]"  # 4 slices x 16 tokens, r=4 per group: 64-16, -8, -4
+    # --revision picks the cached ref; without it, main is not cached.
+    r = _run(["prune", "--model", "someone/tagged-videomae", "--revision", "v1.0", "--r1", "2", "-o", str(tmp_path / "t")], env)
+    assert r.returncode == 0, r.stderr
+    r = _run(["prune", "--model", "someone/tagged-videomae", "--r1", "2", "-o", str(tmp_path / "u")], env)
+    assert r.returncode != 0 and "not found in the Hugging Face cache" in r.stderr
 
 
 def test_offline_without_files_names_what_is_missing(tmp_path, offline_cache):
