@@ -36,17 +36,29 @@ def bipartite_drop_order(metric: torch.Tensor) -> torch.Tensor:
     n = metric.shape[1]
     a, b = metric[:, ::2], metric[:, 1::2]
     best = (a @ b.transpose(-1, -2)).amax(-1)  # (B, ceil(n/2))
-    evens = torch.arange(0, n, 2, device=metric.device)
     odds = torch.arange(1, n, 2, device=metric.device)
-    a_sorted = evens[best.argsort(-1)]  # (B, ceil(n/2))
+    a_sorted = 2 * stable_argsort(best)  # A's i-th token is token 2i of the group
     return torch.cat([odds.expand(a_sorted.shape[0], -1), a_sorted], 1)
+
+
+def stable_argsort(key: torch.Tensor) -> torch.Tensor:
+    """Ascending order along the last axis, ties broken by the lower index.
+
+    torch's topk/argsort leave the order of ties unspecified; ONNX TopK specifies exactly this
+    rule, so a stable sort makes exported graphs keep the same tokens as PyTorch even on tied
+    scores (identical tokens, fp16 rounding). On tie-free inputs it is the plain ascending order.
+    """
+    return key.sort(dim=-1, stable=True).indices
 
 
 def drop_last_order(drop_key: torch.Tensor, r: int) -> torch.Tensor:
     """Order a group so that the r tokens with the smallest `drop_key` come last, the rest in place. (B, n) -> (B, n)."""
     n = drop_key.shape[-1]
-    dropped = torch.zeros_like(drop_key, dtype=torch.long).scatter(-1, drop_key.topk(r, -1, largest=False).indices, 1)
-    return (dropped * n + torch.arange(n, device=drop_key.device)).argsort(-1)
+    lowest = stable_argsort(drop_key)[:, :r]  # (B, r)
+    # Membership by comparison rather than scatter: Scatter* does not export cleanly (TensorRT).
+    token = torch.arange(n, device=drop_key.device)
+    dropped = (lowest[:, :, None] == token).any(1).long()  # (B, n)
+    return stable_argsort(dropped * n + token)
 
 
 def grid_drop_key(uniform: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -76,8 +88,8 @@ def accumulate(
 
 
 def keep_lowest(score: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the `keep` lowest scores, ascending. (B, n) -> (B, keep)."""
-    return score.topk(keep, dim=-1, largest=False).indices
+    """Indices of the `keep` lowest scores, ascending (ties: lower index first). (B, n) -> (B, keep)."""
+    return stable_argsort(score)[:, :keep]
 
 
 def similarity_feature(kind: str, x: torch.Tensor, qkv: tuple[torch.Tensor, ...]) -> torch.Tensor:
