@@ -146,12 +146,51 @@ def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str 
     )
 
 
+def cache_dir() -> Path:
+    """Where downloaded weight files live: $STA_CACHE, else $XDG_CACHE_HOME/sta, else ~/.cache/sta."""
+    if os.environ.get("STA_CACHE"):
+        return Path(os.environ["STA_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sta"
+
+
+_SHA_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")  # torchvision-style names: swin3d_t-7615ae03.pth
+
+
+def url_source(url: str, spec: str) -> Source:
+    """A weights file behind a plain URL (not a Hub repo), downloaded once into cache_dir() with progress.
+
+    A sha256 prefix in the file name is checked after download. Offline (STA_OFFLINE or
+    HF_HUB_OFFLINE set, or no network) and not cached: one clear StaError.
+    """
+    from urllib.error import URLError
+
+    name = url.rsplit("/", 1)[-1]
+    path = cache_dir() / name
+    if not path.is_file():
+        offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("STA_OFFLINE", "HF_HUB_OFFLINE"))
+        if offline:
+            raise StaError(f"{name} is not in the cache ({path.parent}) and downloads are off (STA_OFFLINE/HF_HUB_OFFLINE); fetch {url} into it")
+        m = _SHA_PREFIX.search(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Writes to a temporary file next to `path` and renames it when complete (and verified).
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=m.group(1) if m else None, progress=True)
+        except RuntimeError as e:  # hash mismatch
+            raise StaError(f"download of {url} is corrupt: {str(e).strip().splitlines()[0]}") from None
+        except (URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+            raise StaError(f"{name} is not in the cache ({path.parent}) and cannot be downloaded from {url}: {reason}") from None
+    return Source(spec=spec, name=path.stem, weights=[path])
+
+
 def resolve(spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
     """alias | local folder or file | Hub repo id -> Source."""
     alias = ALIASES.get(spec)
     if alias is not None:
         if alias.packaged:
             src = local_source(alias.path, spec)
+        elif alias.is_url:
+            src = url_source(alias.source, spec)
         else:
             src = hub_source(alias.source, spec, revision, token)
         src.alias, src.name = alias, alias.name

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..errors import StaError
 from ..pruning import STAConfig
-from . import videomae
+from . import videomae, videoswin
 from .registry import ALIASES, Alias
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,9 +104,32 @@ def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig) -> nn.Mo
     return model
 
 
-# family -> builder(source, raw state dict, sta) and a test on state-dict keys for files without a config
-BUILDERS = {"videomae": build_videomae}
-KEY_SIGNATURES = {"videomae": lambda k: k.startswith(("videomae.", "blocks.", "patch_embed.proj"))}
+def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig) -> nn.Module:
+    config = source.config or {}
+    what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
+    volume = videoswin.window_hint(sd)
+    sd = videoswin.checkpoint_filter_fn(sd)
+    if "architecture" in config:  # sta's own spelling
+        cfg = videoswin.VideoSwinConfig.from_dict(config["model"])
+    else:
+        cfg = videoswin.config_from_state_dict(sd, volume)
+    model = videoswin.VideoSwin(cfg)
+    load_strict(model, sd, what)
+    model.set_sta(sta)
+    stride = source.alias.frame_stride if source.alias else 2  # the release's K400 protocol: 32 frames, stride 2
+    labels = config.get("labels") or (videoswin.kinetics400_labels() if cfg.num_classes == 400 else None)
+    model.labels = _labels({"labels": labels} if labels else config, cfg.num_classes)
+    model.preprocessing = config.get("preprocessing") or default_preprocessing(cfg.num_frames, cfg.image_size, stride)
+    return model
+
+
+# family -> builder(source, raw state dict, sta) and a test on state-dict keys for files without a
+# config. Order matters: Video Swin keys also start with patch_embed.proj.
+BUILDERS = {"videomae": build_videomae, "videoswin": build_videoswin}
+KEY_SIGNATURES = {
+    "videoswin": lambda k: k.startswith(("features.", "backbone.layers.", "layers.")),
+    "videomae": lambda k: k.startswith(("videomae.", "blocks.", "patch_embed.proj")),
+}
 
 
 def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
@@ -123,4 +146,4 @@ def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["ALIASES", "Alias", "BUILDERS", "build_from_source", "load_strict", "videomae"]
+__all__ = ["ALIASES", "Alias", "BUILDERS", "build_from_source", "load_strict", "videomae", "videoswin"]

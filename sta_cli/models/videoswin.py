@@ -1,0 +1,452 @@
+"""Video Swin Transformer (Liu et al., 2022) with STA token pruning, in plain PyTorch.
+
+Architecture as in torchvision's `swin3d_{t,s,b}` and the original release: a (2, 4, 4) Conv3d
+patch embedding + LayerNorm, four stages of pre-norm blocks with (shifted) 3D window attention and a
+relative position bias, PatchMerging (2x2 spatial neighbours concatenated, LayerNorm, linear 4C -> 2C)
+between stages, a final LayerNorm, mean pooling and a linear head. Windows shrink to the grid when
+the grid is smaller (no shift along that axis), and grids are zero-padded to whole windows.
+
+STA (reference-notes §3, paper Sec. 4.1): at the input of stages 2, 3 and 4 each temporal slice
+drops `{r1, 1.5 r1/4, 2 r1/16}` tokens (pruning/swin.py). Inside a pruned stage LayerNorms, qkv, proj
+and MLP run on the kept tokens only; window attention runs on the full grid, every dropped position
+filled with the qkv of the nearest kept token of its slice, and only kept positions are read back.
+The stage's output grid is filled the same way before PatchMerging, so the next stage starts from a
+full grid again; the head pools over the kept tokens of stage 4.
+
+Similarity feature (STAConfig.similarity) at a pruning point, where the new resolution has no
+attention yet: "key" / "query" / "value" = that projection of the previous stage's last block
+(heads averaged, on its filled grid), averaged over each 2x2 PatchMerging cell; "feature" = the
+merged tokens themselves. Both cost no multiply-adds, so the FLOPs match Table 3 either way.
+
+Our state-dict layout is the original release's backbone without its `backbone.` prefix (`layers.{i}.
+blocks.{j}...`, `layers.{i}.downsample...`) with `head.*`; `checkpoint_filter_fn` maps torchvision's
+and mmaction's layouts into it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import StaError
+from ..pruning import STAConfig, gather_tokens, stage_keep_indices
+from ..pruning.swin import nearest_kept_fill, plan_swin_stages
+from .registry import ASSETS
+
+@dataclass(frozen=True)
+class VideoSwinConfig:
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: tuple[int, int, int] = (8, 7, 7)
+    patch_size: tuple[int, int, int] = (2, 4, 4)
+    mlp_ratio: float = 4.0
+    num_classes: int = 400
+    num_frames: int = 32
+    image_size: int = 224
+    in_chans: int = 3
+    qkv_bias: bool = True
+    patch_norm: bool = True
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("depths", "num_heads", "window_size", "patch_size"):  # JSON gives lists
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise StaError(f"Video Swin has 4 stages: got depths {self.depths} and heads {self.num_heads}")
+        if len(self.window_size) != 3 or len(self.patch_size) != 3:
+            raise StaError("window_size and patch_size are (T, H, W) triples")
+        for i, heads in enumerate(self.num_heads):
+            if self.stage_dim(i) % heads:
+                raise StaError(f"stage {i + 1} width {self.stage_dim(i)} is not divisible by {heads} heads")
+
+    def stage_dim(self, i: int) -> int:
+        return self.embed_dim * 2**i
+
+    @property
+    def stage_grids(self) -> list[tuple[int, int, int]]:
+        """Token grid (T, H, W) of each stage for a num_frames x image_size^2 clip (padding included)."""
+        pt, ph, pw = self.patch_size
+        t, h, w = -(-self.num_frames // pt), -(-self.image_size // ph), -(-self.image_size // pw)
+        grids = []
+        for _ in range(4):
+            grids.append((t, h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return grids
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoSwinConfig":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+# --- window attention -----------------------------------------------------------------------------
+
+
+def window_and_shift(grid: tuple[int, ...], window: tuple[int, ...], shifted: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Windows shrink to the grid where it is smaller, and then do not shift (as torchvision and the original)."""
+    win = tuple(min(g, w) for g, w in zip(grid, window))
+    shift = tuple(0 if (g <= w or not shifted) else w // 2 for g, w in zip(grid, window))
+    return win, shift
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index(window: tuple[int, int, int]) -> torch.Tensor:
+    """(vol, vol) index into the (2wt-1)(2wh-1)(2ww-1)-row bias table, for the configured window."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w, device="cpu") for w in window], indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (vol, vol, 3)
+    rel = rel + torch.tensor([w - 1 for w in window], device="cpu")
+    _, wh, ww = window
+    return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
+    """(windows, vol, vol) additive mask: -100 between tokens that the cyclic shift made neighbours."""
+    region = torch.zeros(padded, device="cpu")
+    count = 0
+    bounds = [((0, -w), (-w, -s), (-s, None)) for w, s in zip(win, shift)]
+    for t in bounds[0]:
+        for h in bounds[1]:
+            for w in bounds[2]:
+                region[t[0] : t[1], h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+    region = window_partition(region[None, ..., None], win)[..., 0]  # (windows, vol)
+    diff = region[:, None, :] - region[:, :, None]
+    return torch.where(diff != 0, -100.0, 0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def padding_mask(grid: tuple[int, int, int], pad: tuple[int, int, int]) -> torch.Tensor:
+    """(T', H', W', 1): 1 on the positions padding adds to `grid`, 0 on real ones."""
+    mask = torch.ones(*(g + p for g, p in zip(grid, pad)), 1, device="cpu")
+    mask[: grid[0], : grid[1], : grid[2]] = 0
+    return mask
+
+
+def window_partition(x: torch.Tensor, win: tuple[int, int, int]) -> torch.Tensor:
+    """(B, T, H, W, C) -> (B * windows, vol, C), windows in raster order."""
+    B, T, H, W, C = x.shape
+    wt, wh, ww = win
+    x = x.view(B, T // wt, wt, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(-1, wt * wh * ww, C)
+
+
+def window_reverse(x: torch.Tensor, win: tuple[int, int, int], B: int, padded: tuple[int, int, int]) -> torch.Tensor:
+    """(B * windows, vol, C) -> (B, T, H, W, C)."""
+    T, H, W = padded
+    wt, wh, ww = win
+    x = x.view(B, T // wt, H // wh, W // ww, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(B, T, H, W, -1)
+
+
+class WindowAttention3d(nn.Module):
+    """Multi-head self-attention in 3D windows with a relative position bias.
+
+    Split in two so that STA can run the projections on kept tokens only: `qkv` / `proj` are
+    per-token linears, `attend(qkv_grid)` is the windowed attention on a full grid of qkv.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int], qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def attend(self, qkv: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """qkv (B, T, H, W, 3C) -> attention output before proj (B, T, H, W, C)."""
+        B, T, H, W, C3 = qkv.shape
+        C, heads = C3 // 3, self.num_heads
+        win, shift = window_and_shift((T, H, W), self.window, shifted)
+        pad = [(-g) % w for g, w in zip((T, H, W), win)]
+        if any(pad):
+            # The references pad the block input with zeros before the qkv linear: padded
+            # positions hold the qkv bias. Adding bias * mask keeps real positions bit-exact.
+            qkv = F.pad(qkv, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+            if self.qkv.bias is not None:
+                qkv = qkv + padding_mask((T, H, W), tuple(pad)).to(qkv.device, qkv.dtype) * self.qkv.bias
+        padded = (T + pad[0], H + pad[1], W + pad[2])
+        if any(shift):
+            qkv = torch.roll(qkv, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+        windows = window_partition(qkv, win)  # (B * nW, vol, 3C)
+        nw, vol = windows.shape[0] // B, windows.shape[1]
+        q, k, v = windows.view(B * nw, vol, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * (C // heads) ** -0.5) @ k.transpose(-2, -1)  # (B * nW, heads, vol, vol)
+        index = relative_position_index(self.window)[:vol, :vol].to(qkv.device)  # as the references truncate
+        bias = self.relative_position_bias_table[index.flatten()].view(vol, vol, heads).permute(2, 0, 1)
+        attn = attn + bias[None]
+        if any(shift):
+            mask = shift_mask(padded, win, shift).to(attn.device, attn.dtype)
+            attn = (attn.view(B, nw, heads, vol, vol) + mask[None, :, None]).view(B * nw, heads, vol, vol)
+        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B * nw, vol, C)
+        out = window_reverse(out, win, B, padded)
+        if any(shift):
+            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
+        return out[:, :T, :H, :W]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, cfg: VideoSwinConfig, shifted: bool):
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = WindowAttention3d(dim, num_heads, cfg.window_size, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int, int], kept: torch.Tensor | None, fill: torch.Tensor | None):
+        """x (B, K, C): the stage's tokens (all of them, or the kept ones with `kept` / `fill` given).
+
+        Returns the new tokens and the full-grid qkv (B, T*H*W, 3C) the attention used.
+        """
+        B, _, C = x.shape
+        qkv = self.attn.qkv(self.norm1(x))  # kept tokens only
+        if fill is not None:
+            qkv = gather_tokens(qkv, fill)  # dropped positions take their nearest kept token's qkv
+        out = self.attn.attend(qkv.view(B, *grid, 3 * C), self.shifted).reshape(B, -1, C)
+        if kept is not None:
+            out = gather_tokens(out, kept)  # read back kept positions only
+        x = x + self.attn.proj(out)
+        x = x + self.mlp(self.norm2(x))
+        return x, qkv
+
+
+class PatchMerging(nn.Module):
+    """2x2 spatial neighbours -> one token: concat (x00, x10, x01, x11) -> LayerNorm(4C) -> Linear(4C, 2C)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H, W, C) -> (B, T, H/2, W/2, 2C)
+        H, W = x.shape[2:4]
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed3d(nn.Module):
+    def __init__(self, cfg: VideoSwinConfig):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.patch_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B, T', H', W', D)
+        pad = [(-s) % p for s, p in zip(x.shape[2:], self.patch_size)]
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+        return self.norm(self.proj(x).permute(0, 2, 3, 4, 1))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, i: int, cfg: VideoSwinConfig):
+        super().__init__()
+        dim = cfg.stage_dim(i)
+        self.blocks = nn.ModuleList(SwinBlock(dim, cfg.num_heads[i], cfg, shifted=j % 2 == 1) for j in range(cfg.depths[i]))
+        self.downsample = PatchMerging(dim, cfg.norm_eps) if i < 3 else None
+
+
+def merge_cells(t: torch.Tensor) -> torch.Tensor:
+    """Average each 2x2 PatchMerging cell: (B, T, H, W, c) -> (B, T, ceil(H/2), ceil(W/2), c).
+
+    Zero padding (odd H or W) only rescales a cell's mean, which cosine similarity ignores.
+    """
+    B, T, H, W, c = t.shape
+    t = F.pad(t, (0, 0, 0, W % 2, 0, H % 2))
+    return t.view(B, T, (H + 1) // 2, 2, (W + 1) // 2, 2, c).mean((3, 5))
+
+
+class VideoSwin(nn.Module):
+    """Video Swin classifier; `sta` (an STAConfig) turns on pruning, r1 = 0 is the plain model.
+
+    forward(pixel_values (B, C, T, H, W)) -> logits (B, classes); afterwards `kept_positions` holds,
+    per STA step (input of stages 2, 3, 4), the kept positions (B, tokens) in that stage's full grid,
+    indexed t*H*W + y*W + x, ascending.
+    """
+
+    def __init__(self, cfg: VideoSwinConfig, sta: STAConfig | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed3d(cfg)
+        self.layers = nn.ModuleList(SwinStage(i, cfg) for i in range(4))
+        self.norm = nn.LayerNorm(cfg.stage_dim(3), eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.stage_dim(3), cfg.num_classes)
+        self.kept_positions: list[torch.Tensor] = []
+        self.set_sta(sta or STAConfig())
+
+    def set_sta(self, sta: STAConfig) -> None:
+        """Change the pruning settings (validated against this model's stage grids)."""
+        self.stages = plan_swin_stages(sta, self.cfg.stage_grids[1:])
+        self.sta = sta
+        self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
+
+    @property
+    def tokens_per_stage(self) -> list[int]:
+        """Tokens each of the 4 stages runs its linear layers on (stage 1 is never pruned)."""
+        counts = [t * h * w for t, h, w in self.cfg.stage_grids]
+        for s in self.stages:
+            counts[s.block] = s.tokens_out
+        return counts
+
+    def _similarity(self, merged: torch.Tensor, prev_qkv: torch.Tensor, prev_grid, heads: int) -> torch.Tensor:
+        """The feature STA compares tokens with at a stage input (see the module docstring). -> (B, N, c)."""
+        if self.sta.similarity == "feature":
+            return merged.flatten(1, 3)
+        B, C3 = prev_qkv.shape[0], prev_qkv.shape[-1]
+        part = ("query", "key", "value").index(self.sta.similarity)
+        proj = prev_qkv.view(B, *prev_grid, 3, heads, C3 // 3 // heads)[..., part, :, :].mean(-2)
+        return merge_cells(proj).flatten(1, 3)
+
+    def forward_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pooled features (B, D) and, per STA step, the kept grid positions (B, tokens)."""
+        x = self.patch_embed(pixel_values)  # (B, T, H, W, C)
+        B = x.shape[0]
+        kept_all, prev_qkv, prev_grid = [], None, None
+        for i, layer in enumerate(self.layers):
+            grid = tuple(x.shape[1:4])
+            tokens = x.flatten(1, 3)
+            kept = fill = None
+            s = self._stage_at.get(i)
+            if s is not None:
+                step = self.stages[s]
+                if step.tokens_in != tokens.shape[1]:
+                    raise StaError(
+                        f"STA was planned for {self.cfg.num_frames}x{self.cfg.image_size}^2 clips; this input gives a "
+                        f"{'x'.join(map(str, grid))} grid at stage {i + 1}"
+                    )
+                metric = self._similarity(x, prev_qkv, prev_grid, self.cfg.num_heads[i - 1])
+                positions = torch.arange(tokens.shape[1], device=x.device).expand(B, -1)
+                kept = stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:]).sort(-1).values
+                fill = nearest_kept_fill(kept, grid)
+                tokens = gather_tokens(tokens, kept)
+                kept_all.append(kept)
+            for blk in layer.blocks:
+                tokens, prev_qkv = blk(tokens, grid, kept, fill)
+            prev_grid = grid
+            if layer.downsample is not None:
+                full = tokens if fill is None else gather_tokens(tokens, fill)  # PatchMerging sees a filled grid
+                x = layer.downsample(full.view(B, *grid, -1))
+        pooled = self.norm(tokens).mean(1)  # over stage 4's kept tokens
+        return pooled, kept_all
+
+    def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pooled, kept = self.forward_tokens(pixel_values)
+        return self.head(pooled), kept
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits, self.kept_positions = self.forward_with_positions(pixel_values)
+        return logits
+
+
+def kinetics400_labels() -> list[str]:
+    """Kinetics-400 class names in the released heads' index order (as torchvision lists them)."""
+    return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
+
+
+# --- checkpoint layouts -------------------------------------------------------------------------
+
+_TV_BLOCK = re.compile(r"^features\.(\d+)\.(\d+)\.(.+)$")
+_TV_MERGE = re.compile(r"^features\.(\d+)\.(reduction|norm)\.(.+)$")
+_TV_MLP = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a torchvision `swin3d_*` or original (mmaction) Video Swin state dict into our layout.
+
+    Drops the `relative_position_index` buffers (recomputed from the window size). Keys this function
+    does not recognise are left as they are, so the strict load that follows names them.
+    """
+    out = {}
+    for key, t in state_dict.items():
+        if key.endswith("relative_position_index"):
+            continue
+        new = key
+        if key.startswith("backbone."):  # mmaction: backbone.* + cls_head.fc_cls
+            new = key[len("backbone.") :]
+        elif key.startswith("cls_head.fc_cls."):
+            new = "head." + key[len("cls_head.fc_cls.") :]
+        elif m := _TV_MERGE.match(key):  # torchvision: features.{1,3,5} are the PatchMergings
+            if int(m.group(1)) % 2 == 1:
+                new = f"layers.{int(m.group(1)) // 2}.downsample.{m.group(2)}.{m.group(3)}"
+        if m := _TV_BLOCK.match(key):  # torchvision: features.{0,2,4,6}.{j} are the blocks
+            rest = m.group(3)
+            for src, dst in _TV_MLP.items():
+                if rest.startswith(src):
+                    rest = dst + rest[len(src) :]
+            new = f"layers.{int(m.group(1)) // 2}.blocks.{m.group(2)}.{rest}"
+        out[new] = t
+    return out
+
+
+def window_from_table(rows: int, volume: int | None = None) -> tuple[int, int, int]:
+    """Window (wt, wh, wh) whose bias table has `rows` rows ((2wt-1)(2wh-1)^2), and `volume` tokens if known.
+
+    Without the volume, the widest spatial window that fits is taken (2535 rows -> (8, 7, 7)).
+    """
+    for wh in range(64, 0, -1):
+        side = (2 * wh - 1) ** 2
+        if rows % side == 0 and (rows // side) % 2 == 1:
+            wt = (rows // side + 1) // 2
+            if volume is None or wt * wh * wh == volume:
+                return wt, wh, wh
+    raise StaError(f"cannot infer the attention window from a relative position table of {rows} rows")
+
+
+def window_hint(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """The window volume, from a `relative_position_index` buffer if the checkpoint carries one."""
+    for key, t in state_dict.items():
+        if key.endswith("relative_position_index"):
+            return t.shape[0]
+    return None
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None, **overrides) -> VideoSwinConfig:
+    """Infer the architecture from tensor shapes (our layout). The input size is not in the weights:
+    it defaults to the released models' 32x224^2."""
+    try:
+        w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
+        depths = tuple(
+            1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"^layers\.{i}\.blocks\.(\d+)\.", k))) for i in range(4)
+        )
+        heads = tuple(sd[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(4))
+        rows = sd["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+        mlp_ratio = sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / w.shape[0]
+        num_classes = sd["head.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as e:
+        raise StaError(f"not a Video Swin classifier checkpoint: cannot find {e} in its weights") from None
+    inferred = dict(
+        embed_dim=w.shape[0],
+        depths=depths,
+        num_heads=heads,
+        window_size=window_from_table(rows, volume),
+        patch_size=tuple(w.shape[2:]),
+        mlp_ratio=mlp_ratio,
+        num_classes=num_classes,
+        in_chans=w.shape[1],
+        qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd,
+        patch_norm="patch_embed.norm.weight" in sd,
+    )
+    inferred.update(overrides)
+    return VideoSwinConfig(**inferred)
