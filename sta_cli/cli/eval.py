@@ -1,0 +1,116 @@
+"""`sta eval`: accuracy of the unpruned model and STA settings on a labelled video set (torchrun-ready)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..flops import FLOPS_LABEL
+from . import common as c
+
+
+class RichProgress:
+    """Videos done, rate and ETA on stderr; unreadable videos logged above the bar."""
+
+    def __init__(self):
+        self._bar = None
+
+    def start(self, total: int, done: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=c.err,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("eval", total=total, completed=done, rate="")
+        if done:
+            c.err.print(f"resuming: {done} of {total} videos already done")
+
+    def advance(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+        speed = self._bar.tasks[0].speed
+        self._bar.update(self._task, rate=f"{speed:.2f}/s" if speed else "")
+
+    def log(self, message: str) -> None:
+        c.err.print(f"[yellow]warning:[/yellow] {message}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@c.handle_errors
+def eval_command(
+    dataset: Annotated[Path, typer.Argument(help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder, weights file or artifact.")],
+    r1: Annotated[Optional[str], typer.Option("--r1", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else 32,64.")] = None,
+    views: Annotated[str, typer.Option("--views", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3).")] = "1x1",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Clips per forward pass.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Decoding worker processes (0: decode in the main process).")] = 2,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Folder that relative paths in the list are relative to (default: the list's folder).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when available).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
+    first_group: c.FirstGroup = None,
+    seed: c.Seed = None,
+    order: c.Order = None,
+    schedule: c.Schedule = None,
+    similarity: c.Similarity = None,
+    score: c.Score = None,
+    revision: c.Revision = None,
+    token: c.Token = None,
+    json: c.Json = False,
+):
+    """Accuracy of the unpruned model and each r1 on a labelled video set (top-1, top-5, agreement, GFLOPs, clips/s).
+
+    Runs the same way under `torchrun --nproc-per-node N -m sta_cli eval ...`: ranks share the videos, rank 0 writes OUT.
+    """
+    import os
+
+    from ..evaluate import evaluate
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    summary = evaluate(
+        dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
+        device=device, revision=revision, token=token, progress=RichProgress() if main_rank else None,
+        **c.sta_options(first_group, seed, order, schedule, similarity, score),
+    )
+    if not main_rank:
+        return  # rank 0 prints the results
+    if json:
+        c.print_json(summary)
+        return
+    print_summary(summary)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def print_summary(s: dict) -> None:
+    from rich.table import Table
+
+    v = s["videos"]
+    table = Table(title=f"{s['model']['name']} on {v['evaluated']} videos, {s['views']} views", header_style="bold")
+    for name in ("r1", "tokens", "GFLOPs/clip", "top-1 %", "top-5 %", "agree %", "clips/s"):
+        table.add_column(name, justify="right")
+    for row in s["settings"]:
+        table.add_row(
+            "unpruned" if row["r1"] == 0 else str(row["r1"]),
+            str(row["tokens"][-1]),
+            f"{row['gflops_per_clip']:.2f}",
+            _pct(row["top1"]),
+            _pct(row["top5"]),
+            _pct(row["agreement_with_unpruned"]),
+            "-" if row["clips_per_s"] is None else f"{row['clips_per_s']:.1f}",
+        )
+    c.out.print(table)
+    c.out.print(f"{FLOPS_LABEL}; agree = same top-1 as the unpruned model; tokens = after the last STA stage")
+    if v["failed"]:
+        names = ", ".join(f["path"] for f in s["failed"][:5]) + (" ..." if v["failed"] > 5 else "")
+        c.out.print(f"{v['failed']} of {v['total']} videos could not be read and are not counted: {names}")
+    c.out.print(f"results in {s['output']}/summary.json, per-video predictions in {s['output']}/predictions.jsonl")
