@@ -585,7 +585,7 @@ def evaluate(
         for cfg in configs:
             net.set_sta(cfg)
             settings.append({
-                "key": setting_key(cfg.r1), "r1": cfg.r1, "sta": cfg.to_dict(), "tokens": net.tokens_per_stage,
+                "key": setting_key(cfg.r1), "r1": cfg.r1, "sta": cfg.to_dict(), "tokens": list(getattr(net, "tokens_per_stage", [])),
                 "gflops_per_clip": round(gflops(net), 4),
             })
         run = {
@@ -620,8 +620,9 @@ def evaluate(
         failed_now = 0
         t_start = time.perf_counter()
         writer = open(out_dir / PREDICTIONS_FILE, "a") if dist_ctx.main else None
+        already = len(done)
         if dist_ctx.main:
-            progress.start(len(entries), len(done))
+            progress.start(len(entries), already)
         try:
             it = iter(loader)
             for _ in range(steps):
@@ -657,7 +658,8 @@ def evaluate(
 
         summary = None
         if dist_ctx.main:
-            summary = _finish(out_dir, entries, keys, settings, rates, run, source, net, (n_t, n_s), dist_ctx.world, wall, failed_now)
+            summary = _finish(out_dir, entries, keys, settings, rates, run, net, (n_t, n_s), dist_ctx.world, wall,
+                              len(done) - already, failed_now)
         return dist_ctx.broadcast(summary)
     finally:
         dist_ctx.close()
@@ -696,7 +698,7 @@ def _merge_timing(out_dir: Path, rates: list[dict]) -> dict:
     return total
 
 
-def _finish(out_dir, entries, keys, settings, rates, run, source, net, views, world, wall, failed_now) -> dict:
+def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wall, new_videos, failed_now) -> dict:
     """Rank 0: sort predictions.jsonl by video, write summary.json."""
     records = read_predictions(out_dir, entries, keys)
     _atomic_write(out_dir / PREDICTIONS_FILE, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
@@ -719,7 +721,9 @@ def _finish(out_dir, entries, keys, settings, rates, run, source, net, views, wo
         "videos": {"total": len(entries), "evaluated": len(records) - len(failed), "failed": len(failed)},
         "failed": failed,
         **summary,
-        "this_run": {"world_size": world, "wall_seconds": round(wall, 3), "new_failures": failed_now},
+        "this_run": {"world_size": world, "videos": new_videos, "wall_seconds": round(wall, 3),
+                     "videos_per_s": round(new_videos / wall, 3) if new_videos and wall > 0 else None,
+                     "new_failures": failed_now},
         "output": str(out_dir),
     }
     _atomic_write(out_dir / SUMMARY_FILE, json.dumps(return_value, indent=2, ensure_ascii=False) + "\n")

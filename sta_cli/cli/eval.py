@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import StaError
 from ..flops import FLOPS_LABEL
 from . import common as c
 
 
 class RichProgress:
-    """Videos done, rate and ETA on stderr; unreadable videos logged above the bar."""
+    """Videos done, rate and ETA on stderr; unreadable videos logged above the bar. When stderr is
+    not a terminal (a batch job's log), one plain line every LOG_EVERY seconds instead."""
+
+    LOG_EVERY = 30.0
 
     def __init__(self):
         self._bar = None
+        self._last = 0.0
 
     def start(self, total: int, done: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,8 +39,13 @@ class RichProgress:
 
     def advance(self, n: int) -> None:
         self._bar.advance(self._task, n)
-        speed = self._bar.tasks[0].speed
-        self._bar.update(self._task, rate=f"{speed:.2f}/s" if speed else "")
+        task = self._bar.tasks[0]
+        self._bar.update(self._task, rate=f"{task.speed:.2f}/s" if task.speed else "")
+        if not c.err.is_terminal and time.monotonic() - self._last >= self.LOG_EVERY:
+            self._last = time.monotonic()
+            eta = f", ETA {datetime.timedelta(seconds=round(task.time_remaining))}" if task.time_remaining else ""
+            rate = f", {task.speed:.2f} videos/s" if task.speed else ""
+            c.err.print(f"{int(task.completed)}/{int(task.total)} videos{rate}{eta}")
 
     def log(self, message: str) -> None:
         c.err.print(f"[yellow]warning:[/yellow] {message}")
@@ -74,11 +86,16 @@ def eval_command(
     from ..evaluate import evaluate
 
     main_rank = os.environ.get("RANK", "0") == "0"
-    summary = evaluate(
-        dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
-        device=device, revision=revision, token=token, progress=RichProgress() if main_rank else None,
-        **c.sta_options(first_group, seed, order, schedule, similarity, score),
-    )
+    try:
+        summary = evaluate(
+            dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
+            device=device, revision=revision, token=token, progress=RichProgress() if main_rank else None,
+            **c.sta_options(first_group, seed, order, schedule, similarity, score),
+        )
+    except StaError as e:
+        if not main_rank:  # every rank fails with the same message; rank 0 prints it once
+            raise typer.Exit(e.exit_code) from None
+        raise
     if not main_rank:
         return  # rank 0 prints the results
     if json:
@@ -101,7 +118,7 @@ def print_summary(s: dict) -> None:
     for row in s["settings"]:
         table.add_row(
             "unpruned" if row["r1"] == 0 else str(row["r1"]),
-            str(row["tokens"][-1]),
+            str(row["tokens"][-1]) if row["tokens"] else "-",
             f"{row['gflops_per_clip']:.2f}",
             _pct(row["top1"]),
             _pct(row["top5"]),
