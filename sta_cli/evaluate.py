@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -53,16 +52,7 @@ RUN_FORMAT = "sta-eval"
 
 def parse_views(text: str | Sequence[int]) -> tuple[int, int]:
     """'5x3' -> (5 temporal clips, 3 spatial crops)."""
-    if not isinstance(text, str):
-        t, s = text
-    else:
-        parts = text.lower().replace("×", "x").split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise StaError(f"--views must look like TxS (temporal clips x spatial crops, e.g. 5x3), got {text!r}")
-        t, s = (int(p) for p in parts)
-    if t < 1 or s < 1:
-        raise StaError(f"--views needs at least one clip and one crop, got {t}x{s}")
-    return int(t), int(s)
+    return video_io.parse_views(text if isinstance(text, str) else tuple(text))
 
 
 def parse_r1_list(text: str | Sequence[int] | None) -> list[int] | None:
@@ -206,50 +196,9 @@ def dataset_digest(entries: list[Entry]) -> str:
 # --- decoding -----------------------------------------------------------------------------------------
 
 
-def _own_views(path: Path, pre: dict, views: tuple[int, int]) -> torch.Tensor:
-    """T x S views (VideoMAE's test protocol): T clips evenly spread over the video, S crops spread
-    along the long side after the short-side resize. -> (T*S, C, T, H, W).
-
-    A thin adapter used only while `io.video.load_clip` has no `views` option.
-    """
-    import torch.nn.functional as F
-
-    n_t, n_s = views
-    num, stride, crop, short = pre["num_frames"], pre["frame_stride"], pre["crop_size"], pre["short_side"]
-    span = num * stride
-
-    def indices(count: int) -> list[int]:
-        free = max(0, count - span)
-        starts = [free // 2] if n_t == 1 else [round(j * free / (n_t - 1)) for j in range(n_t)]
-        return [min(s + i * stride, count - 1) for s in starts for i in range(num)]
-
-    frames = video_io.read_frames(path, indices)  # (n_t * num, H, W, 3)
-    x = frames.permute(3, 0, 1, 2).float()
-    h, w = x.shape[-2:]
-    size = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    x = x / 255.0 * pre.get("value_range", 1.0)
-    x = (x - torch.tensor(pre["mean"]).view(-1, 1, 1, 1)) / torch.tensor(pre["std"]).view(-1, 1, 1, 1)
-    H, W = x.shape[-2:]
-    out = []
-    for j in range(n_t):
-        clip = x[:, j * num : (j + 1) * num]
-        for k in range(n_s):
-            f = 0.5 if n_s == 1 else k / (n_s - 1)
-            top, left = ((H - crop) // 2, round(f * (W - crop))) if W >= H else (round(f * (H - crop)), (W - crop) // 2)
-            out.append(clip[..., top : top + crop, left : left + crop])
-    return torch.stack(out)
-
-
 def decode_views(path: Path, pre: dict, views: tuple[int, int]) -> torch.Tensor:
-    """A video's views as (T*S, C, T, H, W): io.video.load_clip when it can do T x S, else the adapter."""
-    params = inspect.signature(video_io.load_clip).parameters
-    if "views" in params:
-        quiet = {"show_progress": False} if "show_progress" in params else {}  # our own bar covers it
-        return video_io.load_clip(path, pre, views=views, **quiet)
-    if views == (1, 1):
-        return video_io.load_clip(path, pre)
-    return _own_views(path, pre, views)
+    """A video's T x S views as (T*S, C, T, H, W); our own progress bar covers decoding."""
+    return video_io.load_clip(path, pre, views=views, show_progress=False)
 
 
 class ChunkDataset(torch.utils.data.Dataset):
@@ -644,9 +593,9 @@ def evaluate(
                     count += 1
                     if "error" in rec:
                         failed_now += 1
-                        progress.log(f"cannot read {e.name}: {rec['error']}")
+                        progress.log(_about(e, rec["error"], "cannot read "))
                     for w in rec.get("warnings", []):
-                        progress.log(f"{e.name}: {w}")
+                        progress.log(_about(e, w))
                 progress.advance(count)
         finally:
             if writer is not None:
@@ -663,6 +612,12 @@ def evaluate(
         return dist_ctx.broadcast(summary)
     finally:
         dist_ctx.close()
+
+
+def _about(entry: Entry, message: str, prefix: str = "") -> str:
+    """A message about a video, naming it once (decoding errors usually name the file already)."""
+    named = str(entry.path) in message or Path(entry.name).name in message
+    return message if named else f"{prefix}{entry.name}: {message}"
 
 
 def _rank0_agree(ctx: Dist, fn):

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 import sta_cli
 from sta_cli.cli import app
 from sta_cli.errors import StaError
-from sta_cli.evaluate import Progress, decode_views, evaluate
+from sta_cli.evaluate import Progress, evaluate
+from sta_cli.io.video import load_clip
 
 runner = CliRunner()
 LABELS = ["moving right", "moving left", "moving down", "moving up", "spare_4", "spare_5", "spare_6", "spare_7"]
@@ -132,7 +133,7 @@ def direct(tiny_model: Path, data: Path, views: tuple[int, int]) -> dict:
     for r1 in [0, *R1S]:
         model = sta_cli.load(tiny_model, r1=r1)
         for i, line in enumerate(lines):
-            x = decode_views(data / line.split()[0], model.preprocessing, views)
+            x = load_clip(data / line.split()[0], model.preprocessing, views=views, show_progress=False)
             assert x.shape == (views[0] * views[1], 3, 8, 32, 32)
             p = model(x).softmax(-1).mean(0)
             result[(i, r1)] = p
@@ -264,18 +265,22 @@ def test_corrupt_videos_are_counted_and_reported(tmp_path, tiny_model, videos):
     (bad / "empty.mp4").write_bytes(b"")
     good = (videos / "videos" / "v00.mp4").read_bytes()
     (bad / "truncated.mp4").write_bytes(good[: len(good) // 8])
-    lst = dataset_with(tmp_path / "d", videos, [f"{bad / n} 0" for n in ("garbage.mp4", "empty.mp4", "truncated.mp4")])
+    write_video(bad / "short.mp4", 2, seed=99, frames=6)  # fewer frames than a clip spans: padded, with a warning
+    names = ("garbage.mp4", "empty.mp4", "truncated.mp4", "short.mp4")
+    lst = dataset_with(tmp_path / "d", videos, [f"{bad / n} 0" for n in names])
     r = runner.invoke(app, ["eval", str(lst), "-m", str(tiny_model), "--r1", "2", "-o", str(tmp_path / "o"), "--workers", "1"])
     assert r.exit_code == 0, r.stderr
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert s["videos"]["total"] == 13 and s["videos"]["evaluated"] + s["videos"]["failed"] == 13
+    assert s["videos"]["total"] == 14 and s["videos"]["evaluated"] + s["videos"]["failed"] == 14
     failed = {Path(f["path"]).name for f in s["failed"]}
     assert {"garbage.mp4", "empty.mp4"} <= failed and failed <= {"garbage.mp4", "empty.mp4", "truncated.mp4"}
     assert all(row["counts"]["videos"] == s["videos"]["evaluated"] for row in s["settings"])
-    assert f"{s['videos']['failed']} of 13 videos could not be read" in r.stdout and "garbage.mp4" in r.stdout
+    assert f"{s['videos']['failed']} of 14 videos could not be read" in r.stdout and "garbage.mp4" in r.stdout
     assert "garbage.mp4" in r.stderr and "Traceback" not in r.stderr  # logged while running
     records = [json.loads(ln) for ln in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
     assert sum("error" in rec for rec in records) == s["videos"]["failed"]
+    short = next(rec for rec in records if rec["path"].endswith("short.mp4"))
+    assert "error" not in short and "padded" in short["warnings"][0] and "padded" in r.stderr
 
 
 def assert_one_line_error(result, *fragments):

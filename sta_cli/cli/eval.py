@@ -33,6 +33,7 @@ class RichProgress:
             console=c.err,
         )
         self._bar.start()
+        self._last = time.monotonic()
         self._task = self._bar.add_task("eval", total=total, completed=done, rate="")
         if done:
             c.err.print(f"resuming: {done} of {total} videos already done")
