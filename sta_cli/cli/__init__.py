@@ -32,6 +32,7 @@ def _register() -> None:
 
     app.command()(prune)
     app.command()(models)
+    from .profile import profile; app.command()(profile)  # noqa: E702
     from .eval import eval_command; app.command("eval")(eval_command)  # noqa: E702
 
 

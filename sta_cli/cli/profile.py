@@ -1,0 +1,115 @@
+"""`sta profile`: labels, cost and latency of a model on a video, unpruned vs pruned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common as c
+
+
+@c.handle_errors
+def profile(
+    clip: Annotated[Optional[Path], typer.Argument(help="Video file (default: the demo model's sample clip).", show_default=False)] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="Artifact folder, alias, Hub repo id, folder or weights file "
+                     "(default: the artifact `sta prune` left here, else the packaged demo model)."),
+    ] = None,
+    r1: c.R1 = None,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Clips per forward pass when timing.")] = 1,
+    views: Annotated[Optional[str], typer.Option("--views", help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.")] = None,
+    vis: Annotated[Optional[Path], typer.Option("--vis", help="Write the sampled frames with dropped tokens whitened (PNG).")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.")] = None,
+    sweep_png: Annotated[Optional[Path], typer.Option("--sweep-png", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png).")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    first_group: c.FirstGroup = None,
+    seed: c.Seed = None,
+    order: c.Order = None,
+    schedule: c.Schedule = None,
+    similarity: c.Similarity = None,
+    score: c.Score = None,
+    revision: c.Revision = None,
+    token: c.Token = None,
+    json: c.Json = False,
+):
+    """Profile a model on a video: top-5 labels, parameters, GFLOPs, tokens, latency, unpruned vs pruned."""
+    from .. import profile as lib
+
+    if model is None:
+        found = c.local_artifact("profile")
+        model = str(found) if found is not None else None
+    report = lib.profile(
+        clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
+        runs=runs, device=device, revision=revision, token=token,
+        log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
+        note=lambda m: c.err.print(f"profile: {m}"),
+        **c.sta_options(first_group, seed, order, schedule, similarity, score),
+    )
+    for w in report["warnings"]:
+        c.err.print(f"[yellow]warning:[/yellow] {w}")
+    if json:
+        c.print_json(report)
+        return
+    print_report(report)
+
+
+def _timing(t: dict | None) -> str:
+    return f"{t['latency_ms']:.1f} ms · {t['throughput_clips_per_s']:.2f} clips/s" if t else "-"
+
+
+def print_report(r: dict) -> None:
+    from rich.table import Table
+
+    from ..flops import FLOPS_LABEL
+
+    u, p = r["unpruned"], r["pruned"]
+    clip = r["clip"]
+    where = Path(clip["path"]).name if clip.get("path") else "synthetic clip"
+    title = f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {r['device']['type']}, batch {r['device']['batch']}"
+    table = Table(show_header=True, header_style="bold", title=title)
+    table.add_column("")
+    table.add_column("unpruned", justify="right")
+    table.add_column("pruned", justify="right")
+    for i in range(max(len(u["top5"]), len(p["top5"]))):
+        cells = [f"{s['top5'][i]['label']} {s['top5'][i]['prob']:.1%}" if i < len(s["top5"]) else "" for s in (u, p)]
+        table.add_row(f"top-{i + 1}" if i else "top-1", *cells)
+    table.add_row("parameters", f"{u['params']:,}", f"{p['params']:,}")
+    cut = 1 - p["gflops"] / u["gflops"] if u["gflops"] else 0.0
+    table.add_row(FLOPS_LABEL, f"{u['gflops']:.3g}", f"{p['gflops']:.3g} (-{cut:.0%})")
+    table.add_row("tokens per stage", " ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"])))
+    table.add_row(f"torch eager ({u['torch']['runs']} runs, median)", _timing(u["torch"]), _timing(p["torch"]))
+    if r["onnx"] is not None:
+        note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
+        table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
+    share = p["torch"].get("sta_scoring_share")
+    table.add_row("STA scoring share of the time", "", f"{share:.1%}" if share is not None else "-")
+    c.out.print(table)
+    if (u.get("onnxruntime") or {}).get("exported_for_comparison"):
+        c.out.print(f"* the unpruned model, exported to ONNX here to compare with {Path(r['onnx']['file']).name}")
+    a = r["agreement"]
+    overlap = next(v for k, v in a.items() if k.endswith("_overlap"))
+    c.out.print(
+        f"pruned vs unpruned over {clip['views']} views: top-1 agreement {a['top1_agreement']:.0%}, top-5 overlap "
+        f"{overlap:.0%}, logit cosine {a['logit_cosine']:.4f}"
+    )
+    if r["onnx"] is not None and r["onnx"]["matches"] is None:
+        c.out.print(f"{r['onnx']['file']} matches neither model (max abs logit diff {r['onnx']['max_abs_diff']}); "
+                    f"ONNX Runtime: {_timing(r['onnx']['timing'])}")
+    if r["vis"]:
+        c.out.print(f"kept tokens drawn to {r['vis']}")
+    if r["sweep"]:
+        sweep = Table("r1", FLOPS_LABEL, "tokens", "STA top-1 agr.", "random top-1 agr.", "STA cosine", "random cosine",
+                      "clips/s", header_style="bold", title="r1 sweep (random: mean of 3 seeds)")
+        for row in r["sweep"]["rows"]:
+            sweep.add_row(
+                str(row["r1"]), f"{row['gflops']:.3g}", " -> ".join(map(str, row["tokens_per_stage"])),
+                f"{row['sta']['top1_agreement']:.0%}", f"{row['random']['top1_agreement']:.0%}",
+                f"{row['sta']['logit_cosine']:.4f}", f"{row['random']['logit_cosine']:.4f}", f"{row['throughput']:.2f}",
+            )
+        c.out.print(sweep)
+        c.out.print(f"sweep plot written to {r['sweep']['png']}")
