@@ -34,6 +34,7 @@ def _register() -> None:
     app.command()(models)
     from .profile import profile; app.command()(profile)  # noqa: E702
     from .eval import eval_command; app.command("eval")(eval_command)  # noqa: E702
+    from .export import export; app.command()(export)  # noqa: E702
 
 
 _register()

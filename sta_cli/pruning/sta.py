@@ -11,10 +11,12 @@ Scores are computed in float32 whatever the model's dtype: fp16 would change whi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .config import STAConfig, Stage
 
@@ -102,8 +104,16 @@ def similarity_feature(kind: str, x: torch.Tensor, qkv: tuple[torch.Tensor, ...]
 
 def random_uniform(n: int, seed: int, stage: int, device) -> torch.Tensor:
     """A fixed draw per (seed, stage): deterministic, identical for every sample, constant when traced."""
-    gen = torch.Generator().manual_seed(seed * 1009 + stage)
-    return torch.rand(n, generator=gen).to(device)
+    return _uniform_draw(n, seed, stage).to(device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _uniform_draw(n: int, seed: int, stage: int) -> torch.Tensor:
+    # Drawn for real even inside torch.export's fake-tensor tracing (a Generator cannot be
+    # exported), and cached, so traced graphs hold the draw as a constant. Callers never modify it.
+    with _disable_current_modes():
+        gen = torch.Generator().manual_seed(seed * 1009 + stage)
+        return torch.rand(n, generator=gen, device="cpu")
 
 
 def first_group_order(

@@ -1,0 +1,367 @@
+"""`sta export`: a pruned model as ONNX, TorchScript or torch.export program, validated against PyTorch.
+
+Library use:
+
+    from sta_cli.export import export
+    report = export("videomae-base-sta-r64", "onnx")          # an artifact from `sta prune`
+    report = export("videomae-base", "onnx", r1=64, out="x")  # or a model spec + STA options
+
+The output folder gets the model file (model.onnx | model.pt | model.pt2) and a config.json with
+labels, preprocessing, the pruning settings and what each export holds. Everything is written in
+a temporary folder first and moved in place only after validation passed, so a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..errors import StaError, ValidationFailed
+from ..io.artifact import atomic_dir, atomic_files, check_writable, model_config, write_json
+from ..io.checkpoints import resolve
+from ..pruning import STAConfig
+from .graph import ExportModule, example_input, io_spec, output_names
+from .validate import Case, Check, enforce, format_block, validate
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
+DEFAULT_ATOL_FP16 = 1e-2  # fp16 keeps ~3 significant digits
+DEFAULT_R1 = 64  # for a model spec without --r1, as `sta prune`
+ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_config(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _looks_like_artifact(folder: Path) -> bool:
+    config = _read_config(folder) or {}
+    return (folder / "sta.json").exists() or config.get("format") == "sta-artifact"
+
+
+def check_artifact(folder: Path) -> None:
+    """An artifact folder must hold all of its files; name the missing ones."""
+    missing = [n for n in ARTIFACT_FILES if not (folder / n).is_file()]
+    if missing:
+        raise StaError(f"{folder} is an incomplete sta artifact: missing {', '.join(missing)} (re-run sta prune)")
+
+
+def check_arguments(format: str, opset: int, batch: int | None, atol: float | None, device: str) -> None:
+    """Everything that can be checked before loading a model."""
+    if format not in FORMATS:
+        raise StaError(f"unknown format {format!r} (choose {', '.join(FORMATS)})")
+    if device not in DEVICES:
+        raise StaError(f"unknown device {device!r} (choose {', '.join(DEVICES)})")
+    if batch is not None and batch < 1:
+        raise StaError(f"--batch must be at least 1, got {batch}")
+    if atol is not None and not atol > 0:
+        raise StaError(f"--atol must be positive, got {atol}")
+    if format == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise StaError(f"ONNX export needs {e.name}: pip install 'sta-cli[export]' (or [gpu])") from None
+        from .onnx import check_opset
+
+        check_opset(opset)
+
+
+def torch_device(device: str) -> tuple[torch.device, str]:
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda"), ""
+    note = "no CUDA device visible to PyTorch; running the PyTorch side on the CPU" if device == "cuda" else ""
+    return torch.device("cpu"), note
+
+
+def pruning_settings(model: nn.Module) -> dict:
+    return {
+        **model.sta.to_dict(),
+        "stages": [dict(s.__dict__) for s in model.stages],
+        "tokens_per_stage": model.tokens_per_stage,
+        "scores_dtype": "float32",  # STA scores are computed in float32 whatever the model dtype
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log):
+    """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
+    path = Path(str(source)).expanduser()
+    artifact = path if path.is_dir() and _looks_like_artifact(path) else None
+    given = {k: v for k, v in {"r1": r1, **sta_options}.items() if v is not None}
+    if artifact is not None:
+        check_artifact(artifact)
+        if given:
+            raise StaError(
+                f"{artifact} is an artifact with its own pruning settings; STA options ({', '.join('--' + k.replace('_', '-') for k in given)}) "
+                "apply to --model (or re-run sta prune)"
+            )
+    log(f"loading {source}")
+    src = resolve(str(source), revision=revision, token=token)
+    from ..api import from_source
+
+    if artifact is not None:
+        model = from_source(src)
+    else:
+        model = from_source(src, DEFAULT_R1 if r1 is None else r1, **sta_options)
+    return model.eval(), artifact
+
+
+def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force: bool) -> tuple[Path, str]:
+    """Where the files go and how: ("into", folder) writes files into an existing folder,
+    ("new", folder) creates (or with --force replaces) the folder."""
+    from ..api import default_output
+
+    if out is None:
+        out = artifact if artifact is not None else default_output(model.source_name, model.sta.r1)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StaError(f"{out} exists and is not a folder")
+    if not out.exists():
+        check_writable(out, force)
+        return out, "new"
+    same_artifact = artifact is not None and out.resolve() == artifact.resolve()
+    config = _read_config(out)
+    ours = config is not None and config.get("format") == "sta-export" and not (out / "sta.json").exists()
+    empty = not any(out.iterdir())
+    if not (same_artifact or ours or empty):
+        if force:
+            check_writable(out, force)
+            return out, "new"
+        raise StaError(f"{out} exists and is not this model's artifact or an sta export folder (pass --force to replace it)")
+    if ours and not force and (config.get("model") != model.cfg.to_dict() or config.get("sta", {}).get("r1") != model.sta.r1
+                               or {k: config.get("sta", {}).get(k) for k in model.sta.to_dict()} != model.sta.to_dict()):
+        raise StaError(f"{out} holds an export of another model or other pruning settings (pass --force to replace it)")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise StaError(f"cannot write to {out}: permission denied")
+    return out, "into"
+
+
+def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, clip) -> list[Case]:
+    """The sample clip (synthetic unless `clip`) and random batches of 1 and 3 (or of the fixed batch)."""
+    from ..api import sample_clip
+
+    x, name = sample_clip(model, clip)
+    name = "synthetic clip" if name == "synthetic" else f"clip {name}"
+    if batch is not None and batch != x.shape[0]:
+        x = x.repeat(batch, *([1] * (x.dim() - 1)))
+    cases = [Case(f"{name} (batch {x.shape[0]})", x.to(dtype))]
+    for b in ([1, 3] if batch is None else [batch]):
+        cases.append(Case(f"random batch of {b}", example_input(model, b, dtype, seed=100 + b)))
+    return cases
+
+
+@torch.no_grad()
+def export(
+    source: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    r1: int | None = None,
+    opset: int = 18,
+    batch: int | None = None,
+    fp16: bool = False,
+    device: str = "auto",
+    atol: float | None = None,
+    allow_mismatch: bool = False,
+    validate_outputs: bool = True,
+    clip: str | Path | None = None,
+    force: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    log: Log = _quiet,
+    **sta_options,
+) -> dict:
+    """Export `source` (an artifact folder, or a model spec with r1 and STA options) and validate it.
+
+    Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
+    bad input and ValidationFailed when the export does not reproduce PyTorch.
+    """
+    check_arguments(format, opset, batch, atol, device)
+    atol = atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL)
+    if out is not None:  # fail before loading anything
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise StaError(f"{out} exists and is not a folder")
+        if not out.exists():
+            check_writable(out, force)
+        elif not os.access(out, os.W_OK | os.X_OK):
+            raise StaError(f"cannot write to {out}: permission denied")
+    model, artifact = load_source(source, r1, revision, token, sta_options, log)
+    folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
+    dev, dev_note = torch_device(device)
+    dtype = torch.float16 if fp16 else torch.float32
+    exported = copy.deepcopy(model).to(dtype=dtype)
+    reference = exported if format == "onnx" else None
+    names = output_names(model)
+    settings = pruning_settings(model)
+    spec = io_spec(model, batch, dtype)
+    filename = FORMATS[format]
+
+    # Into an existing artifact or export folder: keep its config.json and add to it.
+    config = (_read_config(folder) if mode == "into" else None) or {**model_config(model), "format": "sta-export"}
+    config["sta"] = settings
+    config["exports"] = dict(config.get("exports") or {})
+
+    writer = atomic_files(folder, [filename, filename + ".data", "config.json"]) if mode == "into" else atomic_dir(folder, force)
+    report: dict = {
+        "sta_version": __version__,
+        "source": str(source),
+        "format": format,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": batch if batch is not None else "dynamic",
+        "sta": settings,
+        **spec,
+    }
+    notes = [n for n in [dev_note] if n]
+    with writer as tmp:
+        tmp = Path(tmp)
+        path = tmp / filename
+        t0 = time.perf_counter()
+        extra: list[Check] = []
+        if format == "onnx":
+            from . import onnx as onnx_export
+
+            log(f"exporting ONNX (opset {opset}, {'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''})")
+            onnx_export.export_onnx(
+                exported, path, opset=opset, batch=batch, metadata=onnx_export.metadata_props(model, settings, spec)
+            )
+            report["opset"] = opset
+            report["exporter"] = f"torch.onnx.export(dynamo=True) (torch {torch.__version__}, onnxscript {_version('onnxscript')})"
+            log("checking the graph (onnx.checker, shape inference)")
+            graph = onnx_export.graph_report(path, model, batch)
+            report["graph"] = graph
+            extra += graph_checks(graph, model)
+            session, provider, ort_note = onnx_export.ort_session(path, device)
+            notes += [ort_note] if ort_note else []
+            report["runtime"] = f"onnxruntime {_version('onnxruntime') if _version('onnxruntime') != '?' else _version('onnxruntime-gpu')} ({provider})"
+            run = lambda x: onnx_export.run_session(session, x)  # noqa: E731
+            reference = exported.to(dev)
+        else:
+            from . import torchscript as ts
+
+            exported = exported.to(dev)
+            reference = exported
+            if format == "torchscript":
+                log(f"tracing TorchScript ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})")
+                info = ts.export_torchscript(exported, path, batch=batch, config=config)
+                report["exporter"] = f"torch.jit.trace (torch {torch.__version__})"
+                loaded = ts.load_torchscript(path, dev)
+            else:
+                log(f"torch.export ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})")
+                info = ts.export_pt2(exported, path, batch=batch, config=config)
+                report["exporter"] = f"torch.export (torch {torch.__version__})"
+                loaded = ts.load_pt2(path)
+            report.update(info)
+            report["runtime"] = f"torch {torch.__version__} ({report['exporter'].split(' (')[0]} program, {dev})"
+            run = lambda x: [t for t in loaded(x.to(dev))]  # noqa: E731
+        report["seconds_export"] = round(time.perf_counter() - t0, 2)
+
+        t0 = time.perf_counter()
+        eager = ExportModule(reference).eval()
+        ref_run = lambda x: list(eager(x.to(dev)))  # noqa: E731
+        if validate_outputs:
+            log(f"validating against PyTorch ({report['runtime']})")
+            cases = validation_cases(model, batch, dtype, clip)
+            if fp16:
+                extra.append(fp16_vs_fp32(run, model, cases[0]))
+            declared = onnx_export.declared_outputs(path) if format == "onnx" else None
+            result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
+        else:
+            result = {"atol": atol, "max_abs_diff": None, "cases": [], "checks": [c.__dict__ for c in extra], "skipped": True}
+        report["seconds_validation"] = round(time.perf_counter() - t0, 2)
+        report["validation"] = result
+        report["notes"] = notes
+        report["validation_block"] = format_block(result, f"Validating {filename} with {report['runtime']}...")
+        try:
+            enforce(result, allow_mismatch)
+        except ValidationFailed as e:
+            e.report = report  # the CLI prints the block before the error line
+            raise
+        config["exports"][format] = {
+            "file": filename,
+            "dtype": report["dtype"],
+            "batch": report["batch"],
+            **({"opset": opset} if format == "onnx" else {}),
+            "exporter": report["exporter"],
+            "inputs": spec["inputs"],
+            "outputs": spec["outputs"],
+            "validated": validate_outputs,
+            "max_abs_diff": result["max_abs_diff"],
+            "sta_version": __version__,
+        }
+        write_json(tmp / "config.json", config)
+    report["output"] = str(folder)
+    report["files"] = {"model": str(folder / filename), "config": str(folder / "config.json")}
+    if (folder / (filename + ".data")).exists() and format == "onnx":
+        report["files"]["weights"] = str(folder / (filename + ".data"))
+    return report
+
+
+def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
+    pruned = bool(model.stages)
+    ops_ok = not graph["forbidden"] and (graph["topk"] > 0 or not pruned)
+    forbidden = ", ".join(graph["forbidden"]) if graph["forbidden"] else "none of NonZero/Loop/If/Scatter*"
+    checks = [
+        Check("onnx.checker passes", True),
+        Check(f"graph: opset {graph['opset']}, {graph['nodes']} nodes, {graph['topk']} TopK, {forbidden}", ops_ok),
+    ]
+    expected = model.tokens_per_stage
+    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(expected[1:]))
+    static = not graph["not_static"] and outputs_static and set(expected) <= set(graph["token_counts"])
+    detail = " -> ".join(map(str, expected))
+    if graph["not_static"]:
+        detail += f"; not static: {', '.join(graph['not_static'][:3])}"
+    checks.append(Check(f"token counts static under ONNX shape inference ({detail})", static))
+    return checks
+
+
+def fp16_vs_fp32(run, model: nn.Module, case: Case) -> Check:
+    """Information for fp16 exports: does the half-precision graph agree with the fp32 PyTorch model?"""
+    ref = ExportModule(model)(case.x.float())
+    ours = run(case.x)
+    top1 = torch.equal(ours[0].float().argmax(-1).cpu(), ref[0].argmax(-1))
+    diff = (ours[0].float().cpu() - ref[0]).abs().max().item()
+    kept = [(o.long().cpu()[:, :, None] == r[:, None, :]).any(-1).float().mean().item() for o, r in zip(ours[1:], ref[1:])]
+    kept_text = f", kept-token overlap {', '.join(f'{100 * k:.0f}%' for k in kept)}" if kept else ""
+    return Check(
+        f"fp16 vs the fp32 PyTorch model on {case.label}: top-1 {'identical' if top1 else 'differs'}, max abs logit diff {diff:.3g}{kept_text}",
+        top1,
+        "warning",
+    )
+
+
+__all__ = ["DEFAULT_ATOL", "DEFAULT_ATOL_FP16", "FORMATS", "export"]

@@ -1,0 +1,191 @@
+"""ONNX export with torch's dynamo exporter (torch.export + onnxscript), graph checks, ONNX Runtime.
+
+Why the dynamo exporter: on this model it gives a graph with the batch symbolic and every token
+count a constant (STA's static shapes survive), and it lets us map the stable sort STA uses to
+ONNX TopK. The legacy TorchScript exporter (`dynamo=False`, deprecated since torch 2.9) bakes the
+example batch size into Expand/Concat shapes (a dynamic-batch graph fails at runtime for another
+batch), leaves the token counts after each stage symbolic, and has no symbolic for the stable
+sort, so it is not offered.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import StaError
+from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, warm_up
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
+# Ops that would mean a data-dependent shape or control flow (or that TensorRT handles badly).
+FORBIDDEN_OPS = ("NonZero", "Loop", "If", "Scan", "Scatter", "ScatterND", "ScatterElements", "Unique", "Compress")
+
+
+def check_opset(opset: int) -> None:
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise StaError(f"--opset must be between {MIN_OPSET} and {newest} (this onnx package), got {opset}")
+
+
+def _sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
+    """aten::sort.stable -> TopK over the whole axis. ONNX TopK breaks ties by the lower index,
+    which is what a stable ascending sort does, so ties pick the same tokens as PyTorch. k is a
+    constant (the axis is static), as TensorRT requires."""
+    from onnxscript import opset18 as op
+
+    n = self.shape[dim]
+    k = op.Constant(value_ints=[n]) if isinstance(n, int) else op.Shape(self, start=dim, end=dim + 1 if dim != -1 else None)
+    return op.TopK(self, k, axis=dim, largest=descending, sorted=True)
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter prints progress on stdout and logs warnings (torchvision ops, version
+    converter); stdout must stay clean for --json. Captured output is returned on failure."""
+    buffer = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, metadata: dict[str, str]) -> None:
+    """Write `model` (already in its export dtype, on the CPU) to `path` as ONNX.
+
+    batch None: dynamic batch dimension named "batch"; else fixed.
+    """
+    wrapper = ExportModule(model).eval()
+    x = example_input(model, batch or 2, next(model.parameters()).dtype)
+    warm_up(model, x)
+    dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
+    with quiet_exporter() as captured:
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                (x,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=output_names(model),
+                opset_version=opset,
+                dynamic_shapes=dynamic,
+                custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many types; the first line says what failed
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            sys.stderr.write(captured.getvalue())
+            raise StaError(f"ONNX export failed: {first}") from e
+    program.model.producer_name = "sta"
+    program.model.doc_string = (
+        "STA-pruned video classifier. Input pixel_values (batch, C, T, H, W); outputs logits and, per "
+        "pruning stage, kept_positions_s (original token indices kept). See metadata 'sta' and 'io'."
+    )
+    program.model.metadata_props.update(metadata)
+    program.save(str(path))  # weights go to an external file only above protobuf's 2 GB limit
+
+
+def metadata_props(model: nn.Module, settings: dict, io: dict) -> dict[str, str]:
+    """What a deployment needs, as JSON strings in the model's metadata_props."""
+    return {
+        "labels": json.dumps(list(model.labels)),
+        "preprocessing": json.dumps(dict(model.preprocessing)),
+        "sta": json.dumps(settings),
+        "io": json.dumps(io),
+        "architecture": json.dumps({"family": model.family, **model.cfg.to_dict()}),
+    }
+
+
+def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
+    """Op types, forbidden ops, and whether ONNX shape inference finds every token count static.
+
+    Static is checked on a copy with the batch fixed to 2: ONNX shape inference (with data
+    propagation, which follows Shape -> Concat -> Reshape) must then give every intermediate tensor
+    a numeric shape. So nothing but the batch is dynamic, and every token count is a constant.
+    """
+    import onnx
+
+    onnx.checker.check_model(str(path))  # path form: works above 2 GB too
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    outputs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    del fixed.graph.value_info[:]
+    dim = fixed.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim.HasField("dim_value"):
+        dim.dim_value = 2
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
+    not_static, token_counts = [], set()
+    for v in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        dims = t.shape.dim if t.HasField("shape") else None
+        if dims is None or not all(d.HasField("dim_value") for d in dims):
+            not_static.append(v.name)
+        elif len(dims) == 3 and dims[2].dim_value == model.cfg.embed_dim:
+            token_counts.add(dims[1].dim_value)  # (batch, tokens, embed_dim) activations
+    return {
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "nodes": len(proto.graph.node),
+        "ops": dict(sorted(ops.items())),
+        "topk": ops.get("TopK", 0),
+        "forbidden": sorted(op for op in ops if op in FORBIDDEN_OPS),
+        "not_static": not_static,
+        "token_counts": sorted(token_counts, reverse=True),
+        "outputs": outputs,
+    }
+
+
+def ort_session(path: Path, device: str, threads: int | None = None):
+    """(session, provider, note). device auto | cpu | cuda: CUDA when onnxruntime-gpu is installed and a
+    GPU is visible (auto, cuda), else the CPU with a note saying why."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    want_cuda = device in ("auto", "cuda")
+    note = ""
+    providers = ["CPUExecutionProvider"]
+    if want_cuda:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif device == "cuda":
+            note = "onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu); using the CPU"
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    used = session.get_providers()[0]
+    if want_cuda and providers[0] == "CUDAExecutionProvider" and used != "CUDAExecutionProvider":
+        note = "no GPU visible to onnxruntime; using the CPU"
+    return session, used, note
+
+
+def run_session(session, x: torch.Tensor) -> list[torch.Tensor]:
+    outs = session.run(None, {INPUT_NAME: x.detach().cpu().numpy()})
+    return [torch.from_numpy(o) for o in outs]
+
+
+def declared_outputs(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
