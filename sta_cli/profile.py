@@ -199,7 +199,7 @@ def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor,
     return out
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -208,6 +208,8 @@ def onnx_session(path: Path):
         raise StaError(f"no such ONNX file: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would clutter stderr
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types, none of them exported stably
@@ -252,7 +254,8 @@ def time_onnx(session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Te
             "timing": timing}
 
 
-def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None, say: Log) -> dict | None:
+def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None,
+                       threads: int | None, say: Log) -> dict | None:
     """Export `model` unpruned to a temporary ONNX file (same opset as the pruned one) and time it."""
     import tempfile
 
@@ -274,7 +277,7 @@ def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, bat
         except StaError as e:
             say(f"the unpruned model did not export to ONNX ({e}); its ONNX Runtime column stays empty")
             return None
-        session = onnx_session(path)
+        session = onnx_session(path, threads)
         name, feed, _ = onnx_input(session, x, batch)
         timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
     timing["exported_for_comparison"] = True
@@ -337,6 +340,7 @@ def profile(
     sweep_r1: str | list[int] | None = None,
     sweep_png: str | Path | None = None,
     runs: int | None = None,
+    threads: int | None = None,
     device: str = "cpu",
     revision: str | None = None,
     token: str | bool | None = None,
@@ -348,8 +352,25 @@ def profile(
 
     No model: the packaged demo model. No clip: the demo's sample clip, else a synthetic clip.
     r1 None: an artifact's own r1, or a third of the tokens per frame for a plain model.
+    threads: CPU threads for torch and ONNX Runtime (default: torch's default). On a busy machine
+    fewer threads give steadier numbers: small parallel ops, like STA's scoring, wait for every
+    thread of the pool and suffer most when one is descheduled.
     Returns the report (see README); `note` receives the choices made on the user's behalf.
     """
+    if threads is not None and threads < 1:
+        raise StaError(f"--threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision,
+                        token, log, note, sta_options)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision, token, log,
+             note, sta_options) -> dict:
     note = note or log
     notes: list[str] = []
 
@@ -373,8 +394,13 @@ def profile(
             raise StaError("no model given and no artifact in the current folder: pass --model (see `sta models`)")
         say(f"no model given: using the packaged demo model ({model})")
     if clip is None:
-        clip = demo_clip() if str(model) == demo_model() else None
+        clip = demo_clip()
         say(f"no clip given: using the demo's sample clip {clip}" if clip else "no clip given: using a synthetic clip")
+    sweep_png = Path(sweep_png) if sweep_png else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
+    from .vis import check_target
+
+    for target in ([Path(vis)] if vis else []) + ([sweep_png] if sweep_values else []):
+        check_target(target)
 
     log(f"loading {model}")
     source = resolve(str(model), revision=revision, token=token)
@@ -398,7 +424,7 @@ def profile(
         say(f"timing the artifact's exported {onnx_path} with ONNX Runtime too")
     elif onnx_path is not None and onnx_path.is_dir():
         raise StaError(f"--onnx {onnx_path} is a folder; give the .onnx file")
-    session = onnx_session(onnx_path) if onnx_path is not None else None
+    session = onnx_session(onnx_path, threads) if onnx_path is not None else None
 
     # The clip, sampled and preprocessed as the model was evaluated.
     pre = net.preprocessing
@@ -461,7 +487,7 @@ def profile(
         if onnx_report["matches"] == "pruned" and sta.enabled:
             # The other column: export the unpruned model (a plain ViT graph, quick to export) and time it alike.
             log("exporting the unpruned model to ONNX for the comparison")
-            side["unpruned"]["onnxruntime"] = time_unpruned_onnx(net, onnx_path, x, batch, runs, say)
+            side["unpruned"]["onnxruntime"] = time_unpruned_onnx(net, onnx_path, x, batch, runs, threads, say)
             net.set_sta(sta)
     for s in side.values():
         s.setdefault("onnxruntime", None)
@@ -485,25 +511,24 @@ def profile(
 
     if vis is not None:
         log(f"drawing kept tokens to {vis}")
-        report["vis"] = str(draw_kept_tokens(net, x, pre, Path(vis)))
+        centre = (n_views[0] // 2) * n_views[1] + n_views[1] // 2  # views are clip-major
+        report["vis"] = str(draw_kept_tokens(net, x[centre : centre + 1], pre, Path(vis)))
 
     if sweep_values:
         rows = sweep(net, sta, sweep_values, x, ref, batch, runs, log)
         from .vis import save_sweep_plot
 
-        png = Path(sweep_png) if sweep_png else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
         title = f"{source.name} on {Path(clip).name if clip else 'a synthetic clip'}: STA vs random pruning"
-        report["sweep"] = {"rows": rows, "png": str(save_sweep_plot(png, rows, title))}
+        report["sweep"] = {"rows": rows, "png": str(save_sweep_plot(sweep_png, rows, title))}
     net.set_sta(sta)
     return report
 
 
 @torch.inference_mode()
-def draw_kept_tokens(model: nn.Module, x: torch.Tensor, pre: dict, path: Path) -> Path:
-    """Fig. 4: the middle view's frames, one row per STA stage with its dropped tokens whitened."""
+def draw_kept_tokens(model: nn.Module, view: torch.Tensor, pre: dict, path: Path) -> Path:
+    """Fig. 4: one view's frames (1, C, T, H, W), one row per STA stage with its dropped tokens whitened."""
     from .vis import save_kept_tokens
 
-    view = x[x.shape[0] // 2 : x.shape[0] // 2 + 1]
     _, kept = model.forward_with_positions(view)
     grids = token_grids(model)
     frames = denormalise(view[0], pre)

@@ -15,12 +15,23 @@ import numpy as np
 from .errors import StaError
 
 
+def check_target(path: Path) -> None:
+    """Fail early, before any heavy work, if a picture cannot be written to `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise StaError(f"{path} is a folder; give a .png file name")
+    probe = path.resolve().parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StaError(f"cannot write {path}: {probe} is not writable")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp) on a temporary file next to `path`, then rename it to `path`."""
     path = Path(path)
     parent = path.resolve().parent
-    if path.is_dir():
-        raise StaError(f"{path} is a folder; give a .png file name")
+    check_target(path)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

@@ -93,6 +93,7 @@ def test_scoring_timer_times_every_selection_and_restores(hub_folder):
     assert videomae.stage_keep_indices is original
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
 def test_artifact_r1_and_onnx(artifact, clip_file, tmp_path):
     # An ONNX file of the unpruned model (the legacy exporter is quick on a plain ViT): it must be
     # recognised as the unpruned model and timed in that column.
@@ -202,8 +203,10 @@ def test_cli_bad_video_is_one_line(hub_folder, bad_inputs, name):
 @pytest.mark.parametrize("args,phrase", [
     (["--views", "2by3"], "--views must look like TxS"),
     (["--batch", "0"], "--batch must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
     (["--r1", "99"], "r1 must be between"),
     (["--onnx", "nope.onnx"], "no such ONNX file"),
+    (["--vis", "."], "is a folder"),
 ])
 def test_cli_bad_options(hub_folder, clip_file, args, phrase):
     result = runner.invoke(app, ["profile", str(clip_file), "--model", str(hub_folder), "--runs", "1", *args])

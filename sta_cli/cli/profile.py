@@ -26,6 +26,7 @@ def profile(
     sweep: Annotated[Optional[str], typer.Option("--sweep", help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.")] = None,
     sweep_png: Annotated[Optional[Path], typer.Option("--sweep-png", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png).")] = None,
     runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     first_group: c.FirstGroup = None,
     seed: c.Seed = None,
@@ -45,7 +46,7 @@ def profile(
         model = str(found) if found is not None else None
     report = lib.profile(
         clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
-        runs=runs, device=device, revision=revision, token=token,
+        runs=runs, threads=threads, device=device, revision=revision, token=token,
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
         **c.sta_options(first_group, seed, order, schedule, similarity, score),
@@ -70,7 +71,9 @@ def print_report(r: dict) -> None:
     u, p = r["unpruned"], r["pruned"]
     clip = r["clip"]
     where = Path(clip["path"]).name if clip.get("path") else "synthetic clip"
-    title = f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {r['device']['type']}, batch {r['device']['batch']}"
+    d = r["device"]
+    title = (f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {d['type']}, "
+             f"{d['torch_threads']} threads, batch {d['batch']}")
     table = Table(show_header=True, header_style="bold", title=title)
     table.add_column("")
     table.add_column("unpruned", justify="right")
