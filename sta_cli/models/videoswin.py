@@ -29,6 +29,7 @@ import functools
 import re
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,20 +98,23 @@ def window_and_shift(grid: tuple[int, ...], window: tuple[int, ...], shifted: bo
     return win, shift
 
 
+# Constant index and mask tables, cached as numpy arrays: a cached torch tensor could be a fake or
+# meta tensor when first built under tracing (export) or FLOP counting, and break later eager calls.
+
+
 @functools.lru_cache(maxsize=64)
-def relative_position_index(window: tuple[int, int, int]) -> torch.Tensor:
+def relative_position_index(window: tuple[int, int, int]) -> np.ndarray:
     """(vol, vol) index into the (2wt-1)(2wh-1)(2ww-1)-row bias table, for the configured window."""
-    coords = torch.stack(torch.meshgrid(*[torch.arange(w, device="cpu") for w in window], indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (vol, vol, 3)
-    rel = rel + torch.tensor([w - 1 for w in window], device="cpu")
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(3, -1)
+    rel = coords[:, :, None] - coords[:, None, :] + np.array([w - 1 for w in window])[:, None, None]  # (3, vol, vol)
     _, wh, ww = window
-    return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
+    return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
 
 
 @functools.lru_cache(maxsize=64)
-def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> torch.Tensor:
+def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> np.ndarray:
     """(windows, vol, vol) additive mask: -100 between tokens that the cyclic shift made neighbours."""
-    region = torch.zeros(padded, device="cpu")
+    region = np.zeros(padded, dtype=np.float32)
     count = 0
     bounds = [((0, -w), (-w, -s), (-s, None)) for w, s in zip(win, shift)]
     for t in bounds[0]:
@@ -118,33 +122,39 @@ def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: t
             for w in bounds[2]:
                 region[t[0] : t[1], h[0] : h[1], w[0] : w[1]] = count
                 count += 1
-    region = window_partition(region[None, ..., None], win)[..., 0]  # (windows, vol)
+    (T, H, W), (wt, wh, ww) = padded, win
+    region = region.reshape(T // wt, wt, H // wh, wh, W // ww, ww).transpose(0, 2, 4, 1, 3, 5).reshape(-1, wt * wh * ww)
     diff = region[:, None, :] - region[:, :, None]
-    return torch.where(diff != 0, -100.0, 0.0)
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def padding_mask(grid: tuple[int, int, int], pad: tuple[int, int, int]) -> torch.Tensor:
+def padding_mask(grid: tuple[int, int, int], pad: tuple[int, int, int]) -> np.ndarray:
     """(T', H', W', 1): 1 on the positions padding adds to `grid`, 0 on real ones."""
-    mask = torch.ones(*(g + p for g, p in zip(grid, pad)), 1, device="cpu")
+    mask = np.ones((*(g + p for g, p in zip(grid, pad)), 1), dtype=np.float32)
     mask[: grid[0], : grid[1], : grid[2]] = 0
     return mask
 
 
+def constant(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.from_numpy(array).to(like.device, dtype or like.dtype)
+
+
 def window_partition(x: torch.Tensor, win: tuple[int, int, int]) -> torch.Tensor:
-    """(B, T, H, W, C) -> (B * windows, vol, C), windows in raster order."""
+    """(B, T, H, W, C) -> (B, windows, vol, C), windows in raster order. The batch stays its own
+    dimension (never merged with the window count), so an exported graph keeps every other size static."""
     B, T, H, W, C = x.shape
     wt, wh, ww = win
     x = x.view(B, T // wt, wt, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(-1, wt * wh * ww, C)
+    return x.reshape(B, (T // wt) * (H // wh) * (W // ww), wt * wh * ww, C)
 
 
-def window_reverse(x: torch.Tensor, win: tuple[int, int, int], B: int, padded: tuple[int, int, int]) -> torch.Tensor:
-    """(B * windows, vol, C) -> (B, T, H, W, C)."""
+def window_reverse(x: torch.Tensor, win: tuple[int, int, int], padded: tuple[int, int, int]) -> torch.Tensor:
+    """(B, windows, vol, C) -> (B, T, H, W, C)."""
     T, H, W = padded
     wt, wh, ww = win
-    x = x.view(B, T // wt, H // wh, W // ww, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
-    return x.reshape(B, T, H, W, -1)
+    x = x.reshape(x.shape[0], T // wt, H // wh, W // ww, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(x.shape[0], T, H, W, -1)
 
 
 class WindowAttention3d(nn.Module):
@@ -175,22 +185,20 @@ class WindowAttention3d(nn.Module):
             # positions hold the qkv bias. Adding bias * mask keeps real positions bit-exact.
             qkv = F.pad(qkv, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
             if self.qkv.bias is not None:
-                qkv = qkv + padding_mask((T, H, W), tuple(pad)).to(qkv.device, qkv.dtype) * self.qkv.bias
+                qkv = qkv + constant(padding_mask((T, H, W), tuple(pad)), qkv) * self.qkv.bias
         padded = (T + pad[0], H + pad[1], W + pad[2])
         if any(shift):
             qkv = torch.roll(qkv, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = window_partition(qkv, win)  # (B * nW, vol, 3C)
-        nw, vol = windows.shape[0] // B, windows.shape[1]
-        q, k, v = windows.view(B * nw, vol, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * (C // heads) ** -0.5) @ k.transpose(-2, -1)  # (B * nW, heads, vol, vol)
-        index = relative_position_index(self.window)[:vol, :vol].to(qkv.device)  # as the references truncate
-        bias = self.relative_position_bias_table[index.flatten()].view(vol, vol, heads).permute(2, 0, 1)
-        attn = attn + bias[None]
+        windows = window_partition(qkv, win)  # (B, nW, vol, 3C)
+        nw, vol = windows.shape[1], windows.shape[2]
+        q, k, v = windows.view(B, nw, vol, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        attn = (q * (C // heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nW, heads, vol, vol)
+        index = constant(relative_position_index(self.window)[:vol, :vol], qkv, torch.long)  # truncated as the references do
+        attn = attn + self.relative_position_bias_table[index.flatten()].view(vol, vol, heads).permute(2, 0, 1)
         if any(shift):
-            mask = shift_mask(padded, win, shift).to(attn.device, attn.dtype)
-            attn = (attn.view(B, nw, heads, vol, vol) + mask[None, :, None]).view(B * nw, heads, vol, vol)
-        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B * nw, vol, C)
-        out = window_reverse(out, win, B, padded)
+            attn = attn + constant(shift_mask(padded, win, shift), attn)[:, None]
+        out = (attn.softmax(-1) @ v).transpose(2, 3).reshape(B, nw, vol, C)
+        out = window_reverse(out, win, padded)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
         return out[:, :T, :H, :W]
@@ -338,7 +346,7 @@ class VideoSwin(nn.Module):
                     )
                 metric = self._similarity(x, prev_qkv, prev_grid, self.cfg.num_heads[i - 1])
                 positions = torch.arange(tokens.shape[1], device=x.device).expand(B, -1)
-                kept = stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:]).sort(-1).values
+                kept = stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:]).sort(dim=-1, stable=True).values
                 fill = nearest_kept_fill(kept, grid)
                 tokens = gather_tokens(tokens, kept)
                 kept_all.append(kept)
