@@ -396,11 +396,13 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     if clip is None:
         clip = demo_clip()
         say(f"no clip given: using the demo's sample clip {clip}" if clip else "no clip given: using a synthetic clip")
-    sweep_png = Path(sweep_png) if sweep_png else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
     from .vis import check_target
 
-    for target in ([Path(vis)] if vis else []) + ([sweep_png] if sweep_values else []):
-        check_target(target)
+    if vis is not None:
+        check_target(Path(vis))
+    sweep_png = Path(sweep_png) if sweep_png else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
+    if sweep_values:
+        check_target(sweep_png)
 
     log(f"loading {model}")
     source = resolve(str(model), revision=revision, token=token)
