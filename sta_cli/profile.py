@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import statistics
 import sys
 import time
@@ -534,6 +535,6 @@ def draw_kept_tokens(model: nn.Module, view: torch.Tensor, pre: dict, path: Path
     _, kept = model.forward_with_positions(view)
     grids = token_grids(model)
     frames = denormalise(view[0], pre)
-    labels = [f"input: {model.tokens_per_stage[0]} tokens"]
-    labels += [f"stage {i + 1}: {k.shape[1]} kept" for i, k in enumerate(kept)]
+    labels = [f"input: {view.shape[2]} frames"]
+    labels += [f"STA step {i + 1}: {k.shape[1]}/{math.prod(g)} kept" for i, (k, g) in enumerate(zip(kept, grids))]
     return save_kept_tokens(path, frames, [k[0].cpu().numpy() for k in kept], grids, labels)
