@@ -340,7 +340,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _differences(old: dict, new: dict) -> list[str]:
     names = {"dataset": "dataset", "model": "model", "settings": "r1 / STA settings", "views": "views",
-             "preprocessing": "preprocessing", "format": "format"}
+             "precision": "precision", "preprocessing": "preprocessing", "format": "format"}
     return [names.get(k, k) for k in names if old.get(k) != new.get(k)]
 
 
@@ -404,8 +404,12 @@ def setting_key(r1: int) -> str:
     return str(r1)
 
 
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 @torch.no_grad()
-def infer_chunk(model: nn.Module, items, configs: list[STAConfig], batch: int, device, timing: dict) -> list[dict]:
+def infer_chunk(model: nn.Module, items, configs: list[STAConfig], batch: int, device, timing: dict,
+                precision: str = "fp32") -> list[dict]:
     """Predictions for one decoded chunk: per video and setting, the top-5 of the mean softmax over its views."""
     ok = [(i, v) for i, v, _, _ in items if v is not None]
     records = {i: {"index": i, "error": e} for i, v, e, _ in items if v is None}
@@ -418,7 +422,10 @@ def infer_chunk(model: nn.Module, items, configs: list[STAConfig], batch: int, d
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            probs = torch.cat([model(x[s : s + batch]).float().softmax(-1) for s in range(0, len(x), batch)])
+            dtype = PRECISIONS[precision]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = [model(x[s : s + batch]) for s in range(0, len(x), batch)]
+            probs = torch.cat(logits).float().softmax(-1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t = timing.setdefault(setting_key(cfg.r1), {"clips": 0, "seconds": 0.0})
@@ -491,6 +498,7 @@ def evaluate(
     root: str | Path | None = None,
     force: bool = False,
     device: str | None = None,
+    precision: str = "fp32",
     revision: str | None = None,
     token: str | bool | None = None,
     progress: Progress | None = None,
@@ -511,6 +519,8 @@ def evaluate(
     r1s = parse_r1_list(r1)
     if batch < 1 or workers < 0:
         raise StaError("--batch must be at least 1 and --workers at least 0")
+    if precision not in PRECISIONS:
+        raise StaError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dist_ctx = Dist.from_env(device)
     try:
         # Everything that can be wrong with the input is found here, before any decoding.
@@ -543,6 +553,7 @@ def evaluate(
             "model": _model_identity(source, net),
             "settings": [{k: s[k] for k in ("key", "sta")} for s in settings],
             "views": [n_t, n_s],
+            "precision": precision,
             "preprocessing": dict(net.preprocessing),
         }
         keys = [s["key"] for s in settings]
@@ -576,7 +587,7 @@ def evaluate(
             it = iter(loader)
             for _ in range(steps):
                 items = next(it, None)
-                new = infer_chunk(net, items, configs, batch, dist_ctx.device, timing) if items else []
+                new = infer_chunk(net, items, configs, batch, dist_ctx.device, timing, precision) if items else []
                 gathered = dist_ctx.gather(new)
                 if not dist_ctx.main:
                     continue
@@ -672,6 +683,7 @@ def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wal
         "model": {**run["model"], "family": net.family, "params": sum(p.numel() for p in net.parameters())},
         "views": f"{views[0]}x{views[1]}",
         "views_per_video": per_video,
+        "precision": run["precision"],
         "flops_convention": FLOPS_LABEL,
         "videos": {"total": len(entries), "evaluated": len(records) - len(failed), "failed": len(failed)},
         "failed": failed,

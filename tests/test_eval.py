@@ -187,6 +187,15 @@ def test_csv_dataset_and_label_mapping(tmp_path, tiny_model, videos):
     records = [json.loads(ln) for ln in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
     assert [r["label"] for r in records] == [0, 1, 2, 3]
     assert s["videos"]["evaluated"] == 4 and [r["r1"] for r in s["settings"]] == [0, 2]
+    # fp16 autocast: same pipeline, unpruned probabilities within half-precision rounding of fp32
+    # (pruned ones may keep other tokens when two scores are within rounding).
+    evaluate(csv, tiny_model, "2", workers=0, out=tmp_path / "fp16", precision="fp16")
+    half = [json.loads(ln) for ln in (tmp_path / "fp16" / "predictions.jsonl").read_text().splitlines()]
+    for a, b in zip(records, half):
+        for key in ("0",):
+            pa = dict(zip(a["predictions"][key]["top5"], a["predictions"][key]["prob"]))
+            pb = dict(zip(b["predictions"][key]["top5"], b["predictions"][key]["prob"]))
+            assert max(abs(pa[k] - pb.get(k, 0.0)) for k in pa) < 0.05
 
 
 TORCHRUN_TIMEOUT = 120
@@ -248,7 +257,7 @@ def test_resume_after_interruption(tmp_path, tiny_model, videos):
     assert (out / "predictions.jsonl").read_bytes() == expected
 
     # A different evaluation in the same folder is refused before any work, and nothing changes.
-    for change in (dict(r1=[4]), dict(views="2x2"), dict(score="temporal")):
+    for change in (dict(r1=[4]), dict(views="2x2"), dict(score="temporal"), dict(precision="bf16")):
         args = {"r1": R1S, **kw, **change}
         with pytest.raises(StaError, match="different evaluation"):
             evaluate(videos / "val.txt", tiny_model, out=out, **args)
