@@ -84,7 +84,7 @@ def print_report(r: dict) -> None:
     table.add_row("parameters", f"{u['params']:,}", f"{p['params']:,}")
     cut = 1 - p["gflops"] / u["gflops"] if u["gflops"] else 0.0
     table.add_row(FLOPS_LABEL, f"{u['gflops']:.3g}", f"{p['gflops']:.3g} (-{cut:.0%})")
-    table.add_row("tokens per stage", " ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"])))
+    table.add_row("tokens per stage", " -> ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"])))
     table.add_row(f"torch eager ({u['torch']['runs']} runs, median)", _timing(u["torch"]), _timing(p["torch"]))
     if r["onnx"] is not None:
         note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
