@@ -381,3 +381,23 @@ def test_cli_prune_weights_file(tmp_path):
     r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "400", "-o", str(tmp_path / "o2")])
     assert r.exit_code != 0 and "between 0 and 387" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_onnx_export_static_shapes(tmp_path):
+    """`sta export` of a pruned Swin artifact: static token counts, the fill as plain gathers, ONNX
+    Runtime reproducing PyTorch's logits and kept positions (checked by the export's own validation)."""
+    from sta_cli.export import export
+
+    cfg = VideoSwinConfig(embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4), num_frames=4, image_size=64, num_classes=5)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-swin"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in VideoSwin(cfg).state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": cfg.to_dict()}))
+    report = export(folder, "onnx", tmp_path / "onnx", r1=24)
+    graph, validation = report["graph"], report["validation"]
+    assert graph["not_static"] == [] and graph["forbidden"] == [] and graph["topk"] > 0
+    assert graph["outputs"]["kept_positions_1"] == ["batch", 2 * 40] and graph["outputs"]["kept_positions_3"] == ["batch", 2 * 1]
+    assert {512, 80, 14, 2} <= set(graph["token_counts"])
+    assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] < 1e-4
+    assert (tmp_path / "onnx" / "model.onnx").is_file()

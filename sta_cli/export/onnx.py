@@ -136,13 +136,15 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
         dim.dim_value = 2
     inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
     not_static, token_counts = [], set()
+    cfg = model.cfg  # Video Swin's stages have widths embed_dim * 2**i
+    widths = {cfg.stage_dim(i) for i in range(len(cfg.depths))} if hasattr(cfg, "stage_dim") else {cfg.embed_dim}
     for v in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = v.type.tensor_type
         dims = t.shape.dim if t.HasField("shape") else None
         if dims is None or not all(d.HasField("dim_value") for d in dims):
             not_static.append(v.name)
-        elif len(dims) == 3 and dims[2].dim_value == model.cfg.embed_dim:
-            token_counts.add(dims[1].dim_value)  # (batch, tokens, embed_dim) activations
+        elif len(dims) == 3 and dims[2].dim_value in widths:
+            token_counts.add(dims[1].dim_value)  # (batch, tokens, width) activations
     return {
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         "nodes": len(proto.graph.node),
