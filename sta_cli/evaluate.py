@@ -20,7 +20,6 @@ predictions and appends them to OUT. Only rank 0 touches OUT.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -44,6 +43,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpe
 PATH_COLUMNS = ("path", "video", "video_path", "file", "filename", "clip")
 LABEL_COLUMNS = ("label", "label_id", "class", "class_name", "category", "action")
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE = "run.json", "predictions.jsonl", "summary.json"
+TIMING_FILE = ".timing.json"  # forward time per setting, accumulated over resumed runs
 RUN_FORMAT = "sta-eval"
 
 
@@ -350,7 +350,7 @@ def prepare_out(out: Path, run: dict, force: bool) -> None:
         raise StaError(f"{out} exists and is not a folder")
     run_file = out / RUN_FILE
     if out.is_dir() and force:
-        for name in (RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE):
+        for name in (RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TIMING_FILE):
             (out / name).unlink(missing_ok=True)
     elif run_file.is_file():
         try:
@@ -449,7 +449,7 @@ def infer_chunk(model: nn.Module, items, configs: list[STAConfig], batch: int, d
 # --- summary --------------------------------------------------------------------------------------------
 
 
-def summarise(records: dict[int, dict], entries: list[Entry], settings: list[dict], ref_key: str) -> dict:
+def summarise(records: dict[int, dict], settings: list[dict], ref_key: str) -> dict:
     """Top-1, top-5 and agreement with the unpruned model per setting, from the per-video predictions."""
     good = [records[i] for i in sorted(records) if "error" not in records[i]]
     rows = []
@@ -648,7 +648,7 @@ def _rank0_agree(ctx: Dist, fn):
 def _merge_timing(out_dir: Path, rates: list[dict]) -> dict:
     """Model throughput per setting: this run's ranks work in parallel, so their rates add up; runs
     that resumed one another add their clips and their (rate-equivalent) seconds."""
-    path = out_dir / ".timing.json"
+    path = out_dir / TIMING_FILE
     try:
         total = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
@@ -669,7 +669,7 @@ def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wal
     records = read_predictions(out_dir, entries, keys)
     _atomic_write(out_dir / PREDICTIONS_FILE, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
     timing = _merge_timing(out_dir, rates)
-    summary = summarise(records, entries, settings, keys[0])
+    summary = summarise(records, settings, keys[0])
     per_video = views[0] * views[1]
     for row in summary["settings"]:
         t = timing.get(row["key"])
