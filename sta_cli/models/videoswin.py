@@ -129,32 +129,34 @@ def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: t
 
 
 @functools.lru_cache(maxsize=64)
-def padding_mask(grid: tuple[int, int, int], pad: tuple[int, int, int]) -> np.ndarray:
-    """(T', H', W', 1): 1 on the positions padding adds to `grid`, 0 on real ones."""
-    mask = np.ones((*(g + p for g, p in zip(grid, pad)), 1), dtype=np.float32)
-    mask[: grid[0], : grid[1], : grid[2]] = 0
-    return mask
+def window_layout(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each token of the (padded, cyclically shifted) window layout comes from, and back.
+
+    The references zero-pad the grid to whole windows, roll it by -shift and cut it into windows
+    in raster order. Here that is one gather: `src` (P,) gives, for each of the P window-layout
+    slots, its grid position t*H*W + y*W + x, or N (= T*H*W) for a padding slot; `dst` (N,) gives
+    each grid position's slot.
+    """
+    padded = [g + (-g) % w for g, w in zip(grid, win)]
+    axes = []
+    for size, w, s, g in zip(padded, win, shift, grid):
+        rolled = np.arange(size).reshape(size // w, w)  # (window index, offset within the window)
+        axes.append(((rolled + s) % size, g))  # rolled by -s: slot i holds padded position (i + s) % size
+    (t, T), (y, H), (x, W) = axes
+    # Slot order: (window t, window y, window x, offset t, offset y, offset x).
+    tt = t[:, None, None, :, None, None]
+    yy = y[None, :, None, None, :, None]
+    xx = x[None, None, :, None, None, :]
+    real = (tt < T) & (yy < H) & (xx < W)
+    src = np.where(real, (tt * H + yy) * W + xx, T * H * W).reshape(-1)
+    dst = np.empty(T * H * W, dtype=np.int64)
+    slots = np.nonzero(src < T * H * W)[0]
+    dst[src[slots]] = slots
+    return src.astype(np.int64), dst
 
 
 def constant(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.from_numpy(array).to(like.device, dtype or like.dtype)
-
-
-def window_partition(x: torch.Tensor, win: tuple[int, int, int]) -> torch.Tensor:
-    """(B, T, H, W, C) -> (B, windows, vol, C), windows in raster order. The batch stays its own
-    dimension (never merged with the window count), so an exported graph keeps every other size static."""
-    B, T, H, W, C = x.shape
-    wt, wh, ww = win
-    x = x.view(B, T // wt, wt, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(B, (T // wt) * (H // wh) * (W // ww), wt * wh * ww, C)
-
-
-def window_reverse(x: torch.Tensor, win: tuple[int, int, int], padded: tuple[int, int, int]) -> torch.Tensor:
-    """(B, windows, vol, C) -> (B, T, H, W, C)."""
-    T, H, W = padded
-    wt, wh, ww = win
-    x = x.reshape(x.shape[0], T // wt, H // wh, W // ww, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
-    return x.reshape(x.shape[0], T, H, W, -1)
 
 
 class WindowAttention3d(nn.Module):
@@ -174,23 +176,28 @@ class WindowAttention3d(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def attend(self, qkv: torch.Tensor, shifted: bool) -> torch.Tensor:
-        """qkv (B, T, H, W, 3C) -> attention output before proj (B, T, H, W, C)."""
-        B, T, H, W, C3 = qkv.shape
+    def attend(self, qkv: torch.Tensor, grid: tuple[int, int, int], shifted: bool, kept=None, fill=None) -> torch.Tensor:
+        """Window attention on the full grid. -> output before proj for the tokens given, (B, K, C).
+
+        qkv (B, K, 3C): of all T*H*W tokens (kept = fill = None), or of the kept ones, with kept
+        (B, K) their grid positions and fill (B, T*H*W) the token that fills each grid position.
+        Padding slots hold the qkv bias, as in the references (they pad before the qkv linear).
+        """
+        B, K, C3 = qkv.shape
         C, heads = C3 // 3, self.num_heads
-        win, shift = window_and_shift((T, H, W), self.window, shifted)
-        pad = [(-g) % w for g, w in zip((T, H, W), win)]
-        if any(pad):
-            # The references pad the block input with zeros before the qkv linear: padded
-            # positions hold the qkv bias. Adding bias * mask keeps real positions bit-exact.
-            qkv = F.pad(qkv, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
-            if self.qkv.bias is not None:
-                qkv = qkv + constant(padding_mask((T, H, W), tuple(pad)), qkv) * self.qkv.bias
-        padded = (T + pad[0], H + pad[1], W + pad[2])
-        if any(shift):
-            qkv = torch.roll(qkv, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = window_partition(qkv, win)  # (B, nW, vol, 3C)
-        nw, vol = windows.shape[1], windows.shape[2]
+        win, shift = window_and_shift(grid, self.window, shifted)
+        src, dst = window_layout(tuple(grid), win, shift)
+        padded = tuple(g + (-g) % w for g, w in zip(grid, win))
+        src, dst = constant(src, qkv, torch.long), constant(dst, qkv, torch.long)
+        if len(src) > len(dst):  # padding slots read an extra row: the bias
+            pad_row = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(C3)
+            qkv = torch.cat([qkv, pad_row.to(qkv.dtype).expand(B, 1, C3)], 1)
+        if fill is None:  # every position holds its own token; the extra row sits at index N = K
+            windows = qkv[:, src]
+        else:  # dropped positions take their nearest kept token, padding slots row K
+            slot_token = torch.cat([fill, fill.new_full((B, 1), K)], 1).gather(1, src.expand(B, -1))
+            windows = gather_tokens(qkv, slot_token)
+        nw, vol = len(src) // (win[0] * win[1] * win[2]), win[0] * win[1] * win[2]
         qkv_w = windows.view(B, nw, vol, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5).reshape(3, B * nw, heads, vol, -1)
         index = constant(relative_position_index(self.window)[:vol, :vol], qkv, torch.long)  # truncated as the references do
         mask = self.relative_position_bias_table[index.flatten()].view(vol, vol, heads).permute(2, 0, 1)[None]
@@ -198,11 +205,10 @@ class WindowAttention3d(nn.Module):
             mask = (mask + constant(shift_mask(padded, win, shift), mask)[:, None]).expand(B, -1, -1, -1, -1).reshape(B * nw, heads, vol, vol)
         # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
         out = F.scaled_dot_product_attention(*qkv_w.unbind(0), attn_mask=mask)  # (B * nW, heads, vol, head_dim)
-        out = out.view(B, nw, heads, vol, -1).transpose(2, 3).reshape(B, nw, vol, C)
-        out = window_reverse(out, win, padded)
-        if any(shift):
-            out = torch.roll(out, shifts=shift, dims=(1, 2, 3))
-        return out[:, :T, :H, :W]
+        out = out.view(B, nw, heads, vol, -1).transpose(2, 3).reshape(B, nw * vol, C)
+        if kept is None:
+            return out[:, dst]
+        return gather_tokens(out, dst[kept])  # read back kept positions only
 
 
 class Mlp(nn.Module):
@@ -227,16 +233,10 @@ class SwinBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int], kept: torch.Tensor | None, fill: torch.Tensor | None):
         """x (B, K, C): the stage's tokens (all of them, or the kept ones with `kept` / `fill` given).
 
-        Returns the new tokens and the full-grid qkv (B, T*H*W, 3C) the attention used.
+        Returns the new tokens and their qkv (B, K, 3C).
         """
-        B, _, C = x.shape
         qkv = self.attn.qkv(self.norm1(x))  # kept tokens only
-        if fill is not None:
-            qkv = gather_tokens(qkv, fill)  # dropped positions take their nearest kept token's qkv
-        out = self.attn.attend(qkv.view(B, *grid, 3 * C), self.shifted).reshape(B, -1, C)
-        if kept is not None:
-            out = gather_tokens(out, kept)  # read back kept positions only
-        x = x + self.attn.proj(out)
+        x = x + self.attn.proj(self.attn.attend(qkv, grid, self.shifted, kept, fill))
         x = x + self.mlp(self.norm2(x))
         return x, qkv
 
@@ -319,20 +319,25 @@ class VideoSwin(nn.Module):
             counts[s.block] = s.tokens_out
         return counts
 
-    def _similarity(self, merged: torch.Tensor, prev_qkv: torch.Tensor, prev_grid, heads: int) -> torch.Tensor:
-        """The feature STA compares tokens with at a stage input (see the module docstring). -> (B, N, c)."""
+    def _similarity(self, merged: torch.Tensor, prev_qkv: torch.Tensor, prev_fill, prev_grid, heads: int) -> torch.Tensor:
+        """The feature STA compares tokens with at a stage input (see the module docstring). -> (B, N, c).
+
+        prev_qkv (B, K, 3C): qkv of the previous stage's last block, on its kept tokens, which
+        prev_fill (or None: all tokens present) spreads over its grid.
+        """
         if self.sta.similarity == "feature":
             return merged.flatten(1, 3)
-        B, C3 = prev_qkv.shape[0], prev_qkv.shape[-1]
         part = ("query", "key", "value").index(self.sta.similarity)
-        proj = prev_qkv.view(B, *prev_grid, 3, heads, C3 // 3 // heads)[..., part, :, :].mean(-2)
-        return merge_cells(proj).flatten(1, 3)
+        proj = prev_qkv.unflatten(-1, (3, heads, -1))[..., part, :, :].mean(-2)  # (B, K, head_dim)
+        if prev_fill is not None:
+            proj = gather_tokens(proj, prev_fill)
+        return merge_cells(proj.view(proj.shape[0], *prev_grid, -1)).flatten(1, 3)
 
     def forward_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Pooled features (B, D) and, per STA step, the kept grid positions (B, tokens)."""
         x = self.patch_embed(pixel_values)  # (B, T, H, W, C)
         B = x.shape[0]
-        kept_all, prev_qkv, prev_grid = [], None, None
+        kept_all, prev_qkv, prev_fill, prev_grid = [], None, None, None
         for i, layer in enumerate(self.layers):
             grid = tuple(x.shape[1:4])
             tokens = x.flatten(1, 3)
@@ -345,7 +350,7 @@ class VideoSwin(nn.Module):
                         f"STA was planned for {self.cfg.num_frames}x{self.cfg.image_size}^2 clips; this input gives a "
                         f"{'x'.join(map(str, grid))} grid at stage {i + 1}"
                     )
-                metric = self._similarity(x, prev_qkv, prev_grid, self.cfg.num_heads[i - 1])
+                metric = self._similarity(x, prev_qkv, prev_fill, prev_grid, self.cfg.num_heads[i - 1])
                 positions = torch.arange(tokens.shape[1], device=x.device).expand(B, -1)
                 kept = stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:]).sort(dim=-1, stable=True).values
                 fill = nearest_kept_fill(kept, grid)
@@ -353,7 +358,7 @@ class VideoSwin(nn.Module):
                 kept_all.append(kept)
             for blk in layer.blocks:
                 tokens, prev_qkv = blk(tokens, grid, kept, fill)
-            prev_grid = grid
+            prev_grid, prev_fill = grid, fill
             if layer.downsample is not None:
                 full = tokens if fill is None else gather_tokens(tokens, fill)  # PatchMerging sees a filled grid
                 x = layer.downsample(full.view(B, *grid, -1))
