@@ -16,7 +16,13 @@ full grid again; the head pools over the kept tokens of stage 4.
 Similarity feature (STAConfig.similarity) at a pruning point, where the new resolution has no
 attention yet: "key" / "query" / "value" = that projection of the previous stage's last block
 (heads averaged, on its filled grid), averaged over each 2x2 PatchMerging cell; "feature" = the
-merged tokens themselves. Both cost no multiply-adds, so the FLOPs match Table 3 either way.
+merged tokens themselves. Neither costs multiply-adds of the network; the affinities of STA's
+scoring are cheaper on keys (head_dim wide) than on merged features.
+
+Window attention gathers its input straight into the window layout: zero padding, the cyclic
+shift, the window partition and the nearest-kept fill are one precomputed index (`window_layout`),
+and reading the output back at the grid (or kept) positions is another. This gives the same numbers
+as pad + roll + partition (torchvision) with fewer copies.
 
 Our state-dict layout is the original release's backbone without its `backbone.` prefix (`layers.{i}.
 blocks.{j}...`, `layers.{i}.downsample...`) with `head.*`; `checkpoint_filter_fn` maps torchvision's
@@ -163,7 +169,7 @@ class WindowAttention3d(nn.Module):
     """Multi-head self-attention in 3D windows with a relative position bias.
 
     Split in two so that STA can run the projections on kept tokens only: `qkv` / `proj` are
-    per-token linears, `attend(qkv_grid)` is the windowed attention on a full grid of qkv.
+    per-token linears, `attend` is the windowed attention on the full (filled) grid of qkv.
     """
 
     def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int], qkv_bias: bool):
