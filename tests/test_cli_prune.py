@@ -19,6 +19,12 @@ from sta_cli.cli import app
 runner = CliRunner()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run(*args, cwd: Path | None = None):
     old = Path.cwd()
     if cwd:
@@ -42,6 +48,7 @@ def test_prune_end_to_end(tmp_path, hub_folder):
     r = run("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--json")
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)  # stdout is exactly one JSON object
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's private 0700
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["config.json", "model.safetensors", "report.json", "sta.json"]
     assert read_json(tmp_path / "out" / "report.json")["gflops"] == report["gflops"]

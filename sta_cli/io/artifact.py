@@ -41,6 +41,12 @@ def check_writable(out: Path, force: bool) -> None:
         raise StaError(f"cannot write to {out}: {probe} is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path, force: bool = False):
     """Yield a temporary folder; on success it replaces `out`, on any error it disappears."""
@@ -49,6 +55,7 @@ def atomic_dir(out: Path, force: bool = False):
     try:
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is a normal folder
     except OSError as e:
         raise StaError(f"cannot write to {out}: {e.strerror or e}") from None
     try:
