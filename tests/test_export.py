@@ -219,8 +219,10 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
 
 
 def test_fp16_onnx_loads_and_runs(tmp_path, artifact):
-    report = export(artifact, "onnx", tmp_path / "fp16", fp16=True)
+    report = export(artifact, "onnx", tmp_path / "fp16", fp16=True, device="cuda")
     assert report["dtype"] == "float16" and report["validation"]["atol"] == 1e-2
+    if not torch.cuda.is_available():  # --device cuda falls back to the CPU and says so
+        assert "CPUExecutionProvider" in report["runtime"] and any("using the CPU" in n for n in report["notes"])
     assert any("fp16 vs the fp32 PyTorch model" in c["message"] for c in report["validation"]["checks"])
     session = ort.InferenceSession(str(tmp_path / "fp16" / "model.onnx"), providers=["CPUExecutionProvider"])
     model = sta_cli.load(artifact)
@@ -364,6 +366,13 @@ def test_unwritable_or_bad_out(tmp_path, artifact):
         r = run_cli("export", artifact, "-o", locked / "out", cwd=tmp_path)
         assert_one_line_error(r, "not writable")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] + (["locked"] if os.geteuid() != 0 else [])
+
+
+def test_model_spec_default_output_is_an_existing_artifact(workdir, checkpoint):
+    before = listing(workdir)
+    r = run_cli("export", "--model", checkpoint, "--r1", 4, cwd=workdir)
+    assert_one_line_error(r, "tiny-sta-r4 is another sta artifact", "sta export tiny-sta-r4")
+    assert listing(workdir) == before
 
 
 def test_no_source_and_no_artifact(tmp_path):

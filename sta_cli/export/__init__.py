@@ -158,6 +158,8 @@ def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force
     ours = config is not None and config.get("format") == "sta-export" and not (out / "sta.json").exists()
     empty = not any(out.iterdir())
     if not (same_artifact or ours or empty):
+        if (out / "sta.json").exists() and not force:
+            raise StaError(f"{out} is another sta artifact: export it with `sta export {out}`, or choose another -o")
         if force:
             check_writable(out, force)
             return out, "new"
@@ -224,8 +226,7 @@ def export(
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32
-    exported = copy.deepcopy(model).to(dtype=dtype)
-    reference = exported if format == "onnx" else None
+    exported = copy.deepcopy(model).to(dtype=dtype)  # the caller's model stays as it is
     names = output_names(model)
     settings = pruning_settings(model)
     spec = io_spec(model, batch, dtype)
@@ -267,7 +268,9 @@ def export(
             extra += graph_checks(graph, model)
             session, provider, ort_note = onnx_export.ort_session(path, device)
             notes += [ort_note] if ort_note else []
-            report["runtime"] = f"onnxruntime {_version('onnxruntime') if _version('onnxruntime') != '?' else _version('onnxruntime-gpu')} ({provider})"
+            import onnxruntime
+
+            report["runtime"] = f"onnxruntime {onnxruntime.__version__} ({provider})"
             run = lambda x: onnx_export.run_session(session, x)  # noqa: E731
             reference = exported.to(dev)
         else:
