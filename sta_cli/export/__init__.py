@@ -248,6 +248,8 @@ def export(
         **spec,
     }
     notes = [n for n in [dev_note] if n]
+    if fp16:
+        notes.append("fp16 graph: STA's token scores are still computed in float32 (they decide which tokens are kept)")
     with writer as tmp:
         tmp = Path(tmp)
         path = tmp / filename
