@@ -61,7 +61,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch.Tensor, str]:
-    """The validation clip: decoded from `clip`, else the deterministic synthetic one."""
+    """The validation clip: decoded from `clip`, else the demo model's own sample, else the deterministic
+    synthetic one (whose plain moving square a model trained on other data need not recognise)."""
+    if clip is None and getattr(model, "source_name", None) == "demo":
+        from .demo import sample_path
+
+        clip = sample_path()
     if clip is not None:
         return load_clip(Path(clip), model.preprocessing), str(clip)
     return synthetic_clip(model.preprocessing), "synthetic"
@@ -84,6 +89,13 @@ def top_labels(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[dict]
     return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
 
 
+def paper_r1(model: nn.Module) -> int:
+    """The paper's headline setting scaled to the model: 64 of ViT-B's 196 tokens per frame, as a share
+    of the tokens per temporal slice where pruning starts (Video Swin: 256 of 28x28; the demo: 21 of 64)."""
+    _, h, w = model.cfg.stage_grids[1] if hasattr(model.cfg, "stage_grids") else model.cfg.grid
+    return max(1, round(64 * h * w / 196))
+
+
 def default_output(source_name: str, r1: int) -> Path:
     return Path(f"{source_name}-sta-r{r1}")
 
@@ -91,7 +103,7 @@ def default_output(source_name: str, r1: int) -> Path:
 @torch.no_grad()
 def prune(
     spec: str | Path,
-    r1: int,
+    r1: int | None = None,
     out: str | Path | None = None,
     *,
     clip: str | Path | None = None,
@@ -103,6 +115,8 @@ def prune(
 ) -> dict:
     """Prune `spec` with STA and write an artifact folder. Returns the report (also in OUT/report.json).
 
+    r1 = None keeps an artifact's setting, and otherwise takes `paper_r1(model)`.
+
     Validates on a sample clip: the artifact reloaded with r1 = 0 must reproduce the source
     checkpoint exactly, and the pruned model is compared with the unpruned one.
     """
@@ -111,11 +125,16 @@ def prune(
     log(f"resolving {spec}")
     source = resolve(str(spec), revision=revision, token=token)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
-    sta = sta_config(base, r1, **sta_options)
-    out = Path(out) if out is not None else default_output(source.name, sta.r1)
-    check_writable(out, force)
+    if r1 is not None or base is not None:
+        sta = sta_config(base, r1, **sta_options)
+        out = Path(out) if out is not None else default_output(source.name, sta.r1)
+        check_writable(out, force)
     log(f"loading weights ({', '.join(p.name for p in source.weights)})")
     model = build_from_source(source, STAConfig())  # unpruned first: the reference
+    if r1 is None and base is None:  # the default depends on the model's token grid
+        sta = sta_config(None, paper_r1(model), **sta_options)
+        out = Path(out) if out is not None else default_output(source.name, sta.r1)
+        check_writable(out, force)
     unpruned_tokens, unpruned_flops = model.tokens_per_stage, gflops(model)
     model.set_sta(sta)  # validates r1 against the token grid
     log("counting FLOPs")

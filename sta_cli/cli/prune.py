@@ -15,7 +15,7 @@ from . import common as c
 @c.handle_errors
 def prune(
     model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder or weights file.")],
-    r1: c.R1 = 64,
+    r1: Annotated[Optional[int], typer.Option("--r1", help="Tokens dropped per frame at the first stage (0 = no pruning; default: the paper's 64 of 196 scaled to the model, or an artifact's own).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: ./<model>-sta-r<r1>).")] = None,
     clip: Annotated[Optional[Path], typer.Option("--clip", help="Video to validate on (default: a synthetic clip).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
