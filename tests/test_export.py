@@ -220,10 +220,11 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
 
 def test_fp16_onnx_loads_and_runs(tmp_path, artifact):
     report = export(artifact, "onnx", tmp_path / "fp16", fp16=True, device="cuda")
-    assert report["dtype"] == "float16" and report["validation"]["atol"] == 1e-2
+    assert report["dtype"] == "float16" and report["validation"]["atol"] == 5e-2
+    assert report["reference"].startswith("PyTorch float32")  # fp16 is judged against the fp32 model
+    assert any("float32" in n for n in report["notes"])  # says the STA scores stay float32
     if not torch.cuda.is_available():  # --device cuda falls back to the CPU and says so
         assert "CPUExecutionProvider" in report["runtime"] and any("using the CPU" in n for n in report["notes"])
-    assert any("fp16 vs the fp32 PyTorch model" in c["message"] for c in report["validation"]["checks"])
     session = ort.InferenceSession(str(tmp_path / "fp16" / "model.onnx"), providers=["CPUExecutionProvider"])
     model = sta_cli.load(artifact)
     x = torch.randn(3, 3, 8, 64, 64)

@@ -37,7 +37,7 @@ from .validate import Case, Check, enforce, format_block, validate
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
-DEFAULT_ATOL_FP16 = 1e-2  # fp16 keeps ~3 significant digits
+DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
 DEFAULT_R1 = 64  # for a model spec without --r1, as `sta prune`
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
 
@@ -274,12 +274,10 @@ def export(
 
             report["runtime"] = f"onnxruntime {onnxruntime.__version__} ({provider})"
             run = lambda x: onnx_export.run_session(session, x)  # noqa: E731
-            reference = exported.to(dev)
         else:
             from . import torchscript as ts
 
             exported = exported.to(dev)
-            reference = exported
             if format == "torchscript":
                 log(f"tracing TorchScript ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})")
                 info = ts.export_torchscript(exported, path, batch=batch, config=config)
@@ -296,13 +294,15 @@ def export(
         report["seconds_export"] = round(time.perf_counter() - t0, 2)
 
         t0 = time.perf_counter()
-        eager = ExportModule(reference).eval()
-        ref_run = lambda x: list(eager(x.to(dev)))  # noqa: E731
+        # The reference is always the float32 PyTorch model: for fp16 the question is whether the
+        # half-precision graph reproduces the model (PyTorch's own fp16 CPU kernels round
+        # differently from every runtime and are no better a reference).
+        eager = ExportModule(model.to(dev)).eval()
+        ref_run = lambda x: list(eager(x.to(dev, torch.float32)))  # noqa: E731
+        report["reference"] = f"PyTorch float32 eager ({dev})"
         if validate_outputs:
-            log(f"validating against PyTorch ({report['runtime']})")
+            log(f"validating against {report['reference']} ({report['runtime']})")
             cases = validation_cases(model, batch, dtype, clip)
-            if fp16:
-                extra.append(fp16_vs_fp32(run, model, cases[0]))
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
             result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
         else:
@@ -310,7 +310,8 @@ def export(
         report["seconds_validation"] = round(time.perf_counter() - t0, 2)
         report["validation"] = result
         report["notes"] = notes
-        report["validation_block"] = format_block(result, f"Validating {filename} with {report['runtime']}...")
+        title = f"Validating {filename} ({report['dtype']}) with {report['runtime']} against {report['reference']}..."
+        report["validation_block"] = format_block(result, title)
         try:
             enforce(result, allow_mismatch)
         except ValidationFailed as e:
@@ -352,21 +353,6 @@ def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
         detail += f"; not static: {', '.join(graph['not_static'][:3])}"
     checks.append(Check(f"token counts static under ONNX shape inference ({detail})", static))
     return checks
-
-
-def fp16_vs_fp32(run, model: nn.Module, case: Case) -> Check:
-    """Information for fp16 exports: does the half-precision graph agree with the fp32 PyTorch model?"""
-    ref = ExportModule(model)(case.x.float())
-    ours = run(case.x)
-    top1 = torch.equal(ours[0].float().argmax(-1).cpu(), ref[0].argmax(-1))
-    diff = (ours[0].float().cpu() - ref[0]).abs().max().item()
-    kept = [(o.long().cpu()[:, :, None] == r[:, None, :]).any(-1).float().mean().item() for o, r in zip(ours[1:], ref[1:])]
-    kept_text = f", kept-token overlap {', '.join(f'{100 * k:.0f}%' for k in kept)}" if kept else ""
-    return Check(
-        f"fp16 vs the fp32 PyTorch model on {case.label}: top-1 {'identical' if top1 else 'differs'}, max abs logit diff {diff:.3g}{kept_text}",
-        top1,
-        "warning",
-    )
 
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_ATOL_FP16", "FORMATS", "export"]
