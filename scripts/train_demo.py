@@ -193,10 +193,19 @@ def main() -> None:
     p.add_argument("--r1", type=int, default=21, help="STA r1 for the final measurement (a third of 64 tokens per frame)")
     p.add_argument("--random-seeds", type=int, default=5)
     p.add_argument("--no-save", action="store_true", help="train and measure only")
+    p.add_argument("--evaluate", metavar="R1,R1,...", help="no training: measure the model in --out at these r1")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    if args.evaluate:
+        import sta_cli
+
+        model = sta_cli.load(args.out)
+        for r1 in (int(v) for v in args.evaluate.split(",")):
+            args.r1 = r1
+            log(json.dumps(measure(model, args)))
+        return
     settings = {**vars(args), "model": model_settings(args), "preprocessing": PREPROCESSING, "torch": torch.__version__}
     settings.pop("out"), settings.pop("no_save")
     log("settings: " + json.dumps(settings))
