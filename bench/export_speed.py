@@ -28,7 +28,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sta_cli.export.onnx import export_onnx

@@ -63,3 +63,11 @@ def warm_up(model: nn.Module, x: torch.Tensor) -> None:
     """One eager forward before tracing: fills cached constants (STA's fixed random draws for
     --first-group random | grid and the random score) so every tracer records them as constants."""
     model(x)
+
+
+def root_cause(e: BaseException) -> str:
+    """First line of the innermost exception (the exporter wraps the real error in several layers)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import StaError
-from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, warm_up
+from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
@@ -77,7 +76,7 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, 
     x = example_input(model, batch or 2, next(model.parameters()).dtype)
     warm_up(model, x)
     dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
-    with quiet_exporter() as captured:
+    with quiet_exporter():
         try:
             program = torch.onnx.export(
                 wrapper,
@@ -91,10 +90,8 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, 
                 optimize=True,
                 verbose=False,
             )
-        except Exception as e:  # the exporter raises many types; the first line says what failed
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            sys.stderr.write(captured.getvalue())
-            raise StaError(f"ONNX export failed: {first}") from e
+        except Exception as e:  # the exporter raises many types; the root cause says what failed
+            raise StaError(f"ONNX export failed: {root_cause(e)}") from e
     program.model.producer_name = "sta"
     program.model.doc_string = (
         "STA-pruned video classifier. Input pixel_values (batch, C, T, H, W); outputs logits and, per "

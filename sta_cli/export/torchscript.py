@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import StaError
-from .graph import BATCH_DIM, ExportModule, example_input, warm_up
+from .graph import BATCH_DIM, ExportModule, example_input, root_cause, warm_up
 
 
 def export_torchscript(model: nn.Module, path: Path, *, batch: int | None, config: dict) -> dict:
@@ -35,7 +35,7 @@ def export_torchscript(model: nn.Module, path: Path, *, batch: int | None, confi
         try:
             traced = torch.jit.trace(ExportModule(model).eval(), (x,), check_trace=False)
         except Exception as e:
-            raise StaError(f"TorchScript trace failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+            raise StaError(f"TorchScript trace failed: {root_cause(e)}") from e
     tracer = sorted({str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
     torch.jit.save(traced, str(path), _extra_files={"config.json": json.dumps(config)})
     return {"tracer_warnings": tracer}
@@ -52,7 +52,7 @@ def export_pt2(model: nn.Module, path: Path, *, batch: int | None, config: dict)
         try:
             program = torch.export.export(ExportModule(model).eval(), (x,), dynamic_shapes=dynamic)
         except Exception as e:
-            raise StaError(f"torch.export failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+            raise StaError(f"torch.export failed: {root_cause(e)}") from e
         torch.export.save(program, str(path), extra_files={"config.json": json.dumps(config)})
     return {}
 
