@@ -36,7 +36,6 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
 DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
-DEFAULT_R1 = 64  # for a model spec without --r1, as `sta prune`
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
 
 Log = Callable[[str], None]
@@ -133,8 +132,13 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
 
     if artifact is not None:
         model = from_source(src)
+    elif r1 is None:  # as `sta prune`: the paper's setting scaled to the model's token grid
+        from ..api import paper_r1, sta_config
+
+        model = from_source(src, 0, **sta_options)
+        model.set_sta(sta_config(model.sta, paper_r1(model)))
     else:
-        model = from_source(src, DEFAULT_R1 if r1 is None else r1, **sta_options)
+        model = from_source(src, r1, **sta_options)
     return model.eval(), artifact
 
 
