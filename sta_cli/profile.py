@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .api import compare, count_params, sta_config
+from .api import compare, count_params, paper_r1, sta_config
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
 from .io.checkpoints import resolve
@@ -57,12 +57,6 @@ def demo_clip() -> Path | None:
         return None
     videos = sorted(p for p in ALIASES["demo"].path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     return videos[0] if videos else None
-
-
-def default_r1(model: nn.Module) -> int:
-    """A third of the tokens per frame (ViT-B 196 -> 65; the paper's headline setting is 64 of 196)."""
-    n_t, h, w = model.cfg.stage_grids[1] if hasattr(model.cfg, "stage_grids") else model.cfg.grid
-    return max(1, (h * w) // 3)
 
 
 def parse_sweep(text: str | list[int] | None) -> list[int] | None:
@@ -352,7 +346,7 @@ def profile(
     """Profile `model` (alias, Hub id, folder, weights file or sta artifact) on the video `clip`.
 
     No model: the packaged demo model. No clip: the demo's sample clip, else a synthetic clip.
-    r1 None: an artifact's own r1, or a third of the tokens per frame for a plain model.
+    r1 None: an artifact's own r1, or `api.paper_r1` (the paper's 64 of 196, scaled) for a plain model.
     threads: CPU threads for torch and ONNX Runtime (default: torch's default). On a busy machine
     fewer threads give steadier numbers: small parallel ops, like STA's scoring, wait for every
     thread of the pool and suffer most when one is descheduled.
@@ -414,8 +408,8 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
             r1 = base.r1
             say(f"r1={r1}: the artifact's own setting")
         else:
-            r1 = default_r1(net)
-            say(f"r1={r1} (a third of the tokens per frame; choose with --r1)")
+            r1 = paper_r1(net)
+            say(f"r1={r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)")
     sta = sta_config(base, r1, **sta_options)
     net.set_sta(sta)  # validates r1 (and any sweep value, below) before the heavy work
     for v in sweep_values or []:

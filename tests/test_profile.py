@@ -57,7 +57,8 @@ def test_report_side_by_side(hub_folder, clip_file):
     r = prof.profile(clip_file, str(hub_folder), runs=1, views="2x2")
     model = api.load(str(hub_folder))
     n_t, h, w = model.cfg.grid
-    assert r["sta"]["r1"] == (h * w) // 3 and any("a third of the tokens" in n for n in r["notes"])
+    assert r["sta"]["r1"] == api.paper_r1(model) == round(64 * h * w / 196)
+    assert any("64 of 196" in n for n in r["notes"])
     u, p = r["unpruned"], r["pruned"]
     # top-5: the unpruned column is the averaged softmax of the 4 views, recomputed here
     x = load_clip(clip_file, model.preprocessing, views=(2, 2))
