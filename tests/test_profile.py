@@ -182,7 +182,7 @@ def test_cli_table_and_short_clip_warning(hub_folder, tmp_path):
     for text in ("unpruned", "pruned", "top-5", "GFLOPs (fvcore", "tokens per stage", "torch eager", "STA scoring share"):
         assert text in result.stdout
     assert "warning:" in result.stderr and "padded by repeating" in result.stderr
-    assert "r1=5 (a third of the tokens per frame" in result.stderr
+    assert "r1=5 (the paper's 64 of 196 tokens per frame" in result.stderr
 
 
 @pytest.fixture(scope="module")
