@@ -401,3 +401,52 @@ def test_onnx_export_static_shapes(tmp_path):
     assert {512, 80, 14, 2} <= set(graph["token_counts"])
     assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] < 1e-4
     assert (tmp_path / "onnx" / "model.onnx").is_file()
+
+
+# Several windows per slice, windows smaller than the grid and padded (stage grids (2,10,10),
+# (2,5,5), (2,3,3), (2,2,2) with a (2,3,3) window), two heads and a shifted block in a pruned stage.
+EXPORT_CFG = VideoSwinConfig(
+    embed_dim=8, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 2), window_size=(2, 3, 3), num_frames=4, image_size=40, num_classes=5
+)
+
+
+def test_export_padded_windows_onnx_and_torchscript(tmp_path):
+    """Regression: ONNX export with autograd on (as bench/export_speed.py calls it) failed with "Cannot
+    view a tensor ..." (a reshape after SDPA traced as a view), TorchScript tracing with "numpy.ndarray %
+    Tensor" (the grid read as traced 0-d tensors). Both now export and reproduce PyTorch at batch 1 and 3."""
+    from sta_cli.export import export, onnx as onnx_export
+    from sta_cli.export.graph import ExportModule, example_input, output_names
+    from sta_cli.export.validate import Case, validate
+
+    torch.manual_seed(0)
+    model = VideoSwin(EXPORT_CFG, STAConfig(r1=10)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 0.5)
+    assert model.tokens_per_stage == [200, 30, 10, 6]
+    names = output_names(model)
+    cases = [Case(f"random batch of {b}", example_input(model, b, torch.float32, seed=b)) for b in (1, 3)]
+    reference = lambda x: list(ExportModule(model)(x))  # noqa: E731
+
+    with torch.enable_grad():  # what a direct export_onnx call (the benchmark) runs under
+        onnx_export.export_onnx(model, tmp_path / "grad.onnx", opset=18, batch=None, metadata={})
+    session, _, _ = onnx_export.ort_session(tmp_path / "grad.onnx", "cpu")
+    result = validate(lambda x: onnx_export.run_session(session, x), reference, cases, names, names, 1e-4, False)
+    assert result["cases"] == ["random batch of 1", "random batch of 3"]
+    assert all(c["ok"] for c in result["checks"]), [c["message"] for c in result["checks"] if not c["ok"]]
+    assert any("kept positions identical" in c["message"] for c in result["checks"])
+
+    folder = tmp_path / "swin"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": EXPORT_CFG.to_dict()}))
+    report = export(folder, "torchscript", tmp_path / "ts", r1=10)  # sta export: validation on by default
+    validation = report["validation"]
+    assert report["batch"] == "dynamic" and "random batch of 3" in validation["cases"]
+    assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] <= 1e-4
+    traced = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    logits, *kept = traced(cases[1].x)
+    ref_logits, *ref_kept = reference(cases[1].x)
+    assert all(torch.equal(a, b) for a, b in zip(kept, ref_kept)) and [k.shape[1] for k in kept] == [30, 10, 6]
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=0)

@@ -211,7 +211,14 @@ class WindowAttention3d(nn.Module):
             mask = (mask + constant(shift_mask(padded, win, shift), mask)[:, None]).expand(B, -1, -1, -1, -1).reshape(B * nw, heads, vol, vol)
         # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
         out = F.scaled_dot_product_attention(*qkv_w.unbind(0), attn_mask=mask)  # (B * nW, heads, vol, head_dim)
-        out = out.view(B, nw, heads, vol, -1).transpose(2, 3).reshape(B, nw * vol, C)
+        out = out.view(B, nw, heads, vol, -1).transpose(2, 3)  # (B, nW, vol, heads, head_dim)
+        if torch.compiler.is_compiling():
+            # A reshape is traced as a view or a copy by SDPA's output strides (the fused CPU kernel's
+            # vol-major layout vs the math kernel's heads-major one), and the ONNX exporter re-runs the
+            # graph after decomposing SDPA into the other layout: "Cannot view a tensor ...". An
+            # explicit copy holds for both. Eager keeps the free view the fused kernel allows.
+            out = out.clone(memory_format=torch.contiguous_format)
+        out = out.reshape(B, nw * vol, C)
         if kept is None:
             return out[:, dst]
         return gather_tokens(out, dst[kept])  # read back kept positions only
@@ -345,7 +352,8 @@ class VideoSwin(nn.Module):
         B = x.shape[0]
         kept_all, prev_qkv, prev_fill, prev_grid = [], None, None, None
         for i, layer in enumerate(self.layers):
-            grid = tuple(x.shape[1:4])
+            # Python ints: the grid keys the cached index tables (a tracer would hand out 0-d tensors).
+            grid = tuple(int(n) for n in x.shape[1:4])
             tokens = x.flatten(1, 3)
             kept = fill = None
             s = self._stage_at.get(i)
