@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature, stage_keep_indices
+from .layers import Mlp
 
 # Head counts of the released sizes: weights do not constrain them, so a config that disagrees
 # (the Hub's ViT-S config says 16) is overridden. (embed_dim, depth) -> heads.
@@ -134,16 +135,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(B, N, D)), (q, k, v)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):

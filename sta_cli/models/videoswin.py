@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, stage_keep_indices
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
+from .layers import Mlp
 from .registry import ASSETS
 
 @dataclass(frozen=True)
@@ -222,16 +223,6 @@ class WindowAttention3d(nn.Module):
         if kept is None:
             return out[:, dst]
         return gather_tokens(out, dst[kept])  # read back kept positions only
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class SwinBlock(nn.Module):
