@@ -17,3 +17,19 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
+
+
+class PrunedClassifier(nn.Module):
+    """The interface every backbone offers: subclasses define `forward_tokens(x) -> (pooled (B, D),
+    kept positions per STA stage)` and a `head`; after `forward`, `kept_positions` holds the
+    original token indices each stage kept, (B, tokens) each."""
+
+    kept_positions: list[torch.Tensor]
+
+    def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pooled, kept = self.forward_tokens(pixel_values)
+        return self.head(pooled), kept
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits, self.kept_positions = self.forward_with_positions(pixel_values)
+        return logits

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature, stage_keep_indices
-from .layers import Mlp
+from .layers import Mlp, PrunedClassifier
 
 # Head counts of the released sizes: weights do not constrain them, so a config that disagrees
 # (the Hub's ViT-S config says 16) is overridden. (embed_dim, depth) -> heads.
@@ -152,7 +152,7 @@ class Block(nn.Module):
         return x, qkv
 
 
-class VideoMAE(nn.Module):
+class VideoMAE(PrunedClassifier):
     """VideoMAE classifier; `sta` (an STAConfig) turns on pruning, r1 = 0 is the plain model.
 
     forward(pixel_values (B, C, T, H, W)) -> logits (B, classes); afterwards `kept_positions` holds,
@@ -200,14 +200,6 @@ class VideoMAE(nn.Module):
         x = self.norm(x)
         pooled = self.fc_norm(x.mean(1)) if self.cfg.use_mean_pooling else x[:, 0]
         return pooled, kept
-
-    def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        pooled, kept = self.forward_tokens(pixel_values)
-        return self.head(pooled), kept
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits, self.kept_positions = self.forward_with_positions(pixel_values)
-        return logits
 
 
 # --- checkpoint layouts -------------------------------------------------------------------------

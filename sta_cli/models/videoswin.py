@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, stage_keep_indices
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
-from .layers import Mlp
+from .layers import Mlp, PrunedClassifier
 from .registry import ASSETS
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def merge_cells(t: torch.Tensor) -> torch.Tensor:
     return t.view(B, T, (H + 1) // 2, 2, (W + 1) // 2, 2, c).mean((3, 5))
 
 
-class VideoSwin(nn.Module):
+class VideoSwin(PrunedClassifier):
     """Video Swin classifier; `sta` (an STAConfig) turns on pruning, r1 = 0 is the plain model.
 
     forward(pixel_values (B, C, T, H, W)) -> logits (B, classes); afterwards `kept_positions` holds,
@@ -369,14 +369,6 @@ class VideoSwin(nn.Module):
                 x = layer.downsample(full.view(B, *grid, -1))
         pooled = self.norm(tokens).mean(1)  # over stage 4's kept tokens
         return pooled, kept_all
-
-    def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        pooled, kept = self.forward_tokens(pixel_values)
-        return self.head(pooled), kept
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits, self.kept_positions = self.forward_with_positions(pixel_values)
-        return logits
 
 
 def kinetics400_labels() -> list[str]:
