@@ -12,9 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .errors import StaError
+from .errors import StaError, ValidationFailed
 from .flops import FLOPS_LABEL, gflops
-from .io.artifact import atomic_dir, check_writable, write_json, write_model
+from .io import outputs
+from .io.artifact import ARTIFACT, write_manifest, write_model
 from .io.checkpoints import Source, resolve
 from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
@@ -96,6 +97,16 @@ def paper_r1(model: nn.Module) -> int:
     return max(1, round(64 * h * w / 196))
 
 
+def check_finite(model: nn.Module, logits: dict[str, torch.Tensor], clip_name: str) -> None:
+    """Non-finite logits are a wrong answer, never a result: name the weights that cause them if any."""
+    bad = [name for name, t in logits.items() if not torch.isfinite(t).all()]
+    if not bad:
+        return
+    tensors = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    cause = f"the weights hold NaN or inf ({tensors[0]}{' and more' if len(tensors) > 1 else ''})" if tensors else "overflow"
+    raise ValidationFailed(f"the {' and '.join(bad)} model gives non-finite logits on {clip_name}: {cause}")
+
+
 def default_output(source_name: str, r1: int) -> Path:
     return Path(f"{source_name}-sta-r{r1}")
 
@@ -121,27 +132,27 @@ def prune(
     checkpoint exactly, and the pruned model is compared with the unpruned one.
     """
     if out is not None:
-        check_writable(Path(out), force)
+        outputs.check_folder_target(Path(out), force)
     log(f"resolving {spec}")
     source = resolve(str(spec), revision=revision, token=token)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     if r1 is not None or base is not None:
         sta = sta_config(base, r1, **sta_options)
         out = Path(out) if out is not None else default_output(source.name, sta.r1)
-        check_writable(out, force)
+        outputs.check_folder_target(out, force)
     log(f"loading weights ({', '.join(p.name for p in source.weights)})")
     model = build_from_source(source, STAConfig())  # unpruned first: the reference
     if r1 is None and base is None:  # the default depends on the model's token grid
         sta = sta_config(None, paper_r1(model), **sta_options)
         out = Path(out) if out is not None else default_output(source.name, sta.r1)
-        check_writable(out, force)
+        outputs.check_folder_target(out, force)
     unpruned_tokens, unpruned_flops = model.tokens_per_stage, gflops(model)
     model.set_sta(sta)  # validates r1 against the token grid
     log("counting FLOPs")
     pruned_flops = gflops(model)
 
-    log(f"validating on the {'clip ' + str(clip) if clip else 'synthetic clip'}")
     x, clip_name = sample_clip(model, clip)
+    log(f"validating on {'the synthetic clip' if clip_name == 'synthetic' else clip_name}")
     model.set_sta(STAConfig())
     t0 = time.perf_counter()
     ref = model(x)
@@ -151,6 +162,7 @@ def prune(
     pruned = model(x)
     t_pruned = time.perf_counter() - t0
     kept = [p.shape[1] for p in model.kept_positions]
+    check_finite(model, {"unpruned": ref, "pruned": pruned}, clip_name)
 
     report = {
         "sta_version": __version__,
@@ -174,14 +186,15 @@ def prune(
         },
     }
     log(f"writing {out}")
-    with atomic_dir(out, force) as tmp:
+    with outputs.new_folder(out, force) as tmp:
         write_model(tmp, model, sta)
         # The artifact must stand on its own: reload it unpruned and compare with the source.
         reloaded = from_source(resolve(str(tmp)), r1=0)
         diff = (reloaded(x) - ref).abs().max().item()
         report["validation"]["reproduces_source"] = {"max_abs_diff": diff, "ok": diff <= 1e-5}
-        if diff > 1e-5:
-            raise StaError(f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})")
-        write_json(tmp / "report.json", report)
+        if not diff <= 1e-5:  # NaN compares False: it fails too
+            raise ValidationFailed(f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})")
+        outputs.write_json(tmp / "report.json", report)
+        write_manifest(tmp, ARTIFACT, ["model.safetensors", "config.json", "sta.json", "report.json"])
     report["output"] = str(out)
     return report

@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .api import compare, count_params, paper_r1, sta_config
+from .api import check_finite, compare, count_params, paper_r1, sta_config
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
+from .io.artifact import sta_kind, verify
 from .io.checkpoints import resolve
 from .io.video import VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
 from .models import build_from_source
@@ -421,6 +422,8 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         say(f"timing the artifact's exported {onnx_path} with ONNX Runtime too")
     elif onnx_path is not None and onnx_path.is_dir():
         raise StaError(f"--onnx {onnx_path} is a folder; give the .onnx file")
+    if onnx_path is not None and sta_kind(onnx_path.parent) is not None:
+        verify(onnx_path.parent, [onnx_path.name, onnx_path.name + ".data"])
     session = onnx_session(onnx_path, threads) if onnx_path is not None else None
 
     # The clip, sampled and preprocessed as the model was evaluated.
@@ -455,6 +458,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     ref = _batched(net, x, batch)
     net.set_sta(sta)
     pruned = _batched(net, x, batch)
+    check_finite(net, {"unpruned": ref, "pruned": pruned}, clip_info["path"] or "the synthetic clip")
     side = {}
     for name, logits in (("unpruned", ref), ("pruned", pruned)):
         side[name] = {"top5": _top5(net, logits.float().softmax(-1).mean(0))}

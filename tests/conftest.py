@@ -125,3 +125,34 @@ def clip() -> torch.Tensor:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --- the CLI, as users run it --------------------------------------------------------------------
+
+
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None):
+    """`sta ARGS` in-process (Typer's runner) from `cwd`; stdout and stderr kept apart."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from sta_cli.cli import app
+
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], env=env)
+    finally:
+        os.chdir(old)
+
+
+def assert_one_line_error(result, *fragments):
+    """A non-zero exit, exactly one `sta: error:` line on stderr (progress lines aside), no traceback."""
+    assert result.exit_code != 0, result.stdout
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("·")]
+    assert len(lines) == 1 and lines[0].startswith("sta: error: "), result.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    assert "Traceback" not in result.stderr

@@ -50,7 +50,7 @@ def test_prune_end_to_end(tmp_path, hub_folder):
     report = json.loads(r.stdout)  # stdout is exactly one JSON object
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's private 0700
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["config.json", "model.safetensors", "report.json", "sta.json"]
+    assert files == ["config.json", "manifest.json", "model.safetensors", "report.json", "sta.json"]
     assert read_json(tmp_path / "out" / "report.json")["gflops"] == report["gflops"]
     assert report["tokens"]["pruned"] == [64, 48, 40, 36]
     assert report["gflops"]["pruned"] < report["gflops"]["unpruned"]

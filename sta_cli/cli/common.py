@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..errors import StaError
+from ..io.outputs import dumps
 
 # stdout carries results, stderr carries logs and progress.
 # Not a terminal (a pipe, a log file): wide enough that tables are not cut.
@@ -41,7 +41,7 @@ def handle_errors(fn):
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import StaError
 from ..models.registry import ALIASES, Alias
+from . import artifact
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 # Looked up in this order in a folder or a Hub repo.
@@ -76,19 +77,26 @@ def _expand_index(path: Path) -> list[Path]:
 
 def local_source(path: Path, spec: str) -> Source:
     if path.is_dir():
+        kind = artifact.sta_kind(path)
+        if kind == artifact.ARTIFACT:
+            artifact.check_complete(path)
+        if kind is not None:  # what sta wrote is read only if it is what sta wrote
+            artifact.verify(path, [*artifact.ARTIFACT_FILES, "preprocessor_config.json"])
         config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
         pre = path / "preprocessor_config.json"
-        sta = path / "sta.json"
+        sta = path / "sta.json" if kind == artifact.ARTIFACT else None
         return Source(
             spec=spec,
             name=path.resolve().name,
             weights=_weights_in(path),
             config=config,
             preprocessor=_read_json(pre) if pre.is_file() else None,
-            sta=_read_json(sta) if sta.is_file() else None,
+            sta=_read_json(sta) if sta is not None else None,
         )
     if path.suffix not in WEIGHT_SUFFIXES and not path.name.endswith(".index.json"):
         raise StaError(f"{path} is not a weights file (expected {', '.join(WEIGHT_SUFFIXES)}) or a model folder")
+    if artifact.sta_kind(path.parent) is not None:
+        artifact.verify(path.parent, [path.name])
     return Source(spec=spec, name=path.stem, weights=_expand_index(path))
 
 
