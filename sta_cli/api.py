@@ -104,7 +104,9 @@ def check_finite(model: nn.Module, logits: dict[str, torch.Tensor], clip_name: s
         return
     tensors = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     cause = f"the weights hold NaN or inf ({tensors[0]}{' and more' if len(tensors) > 1 else ''})" if tensors else "overflow"
-    raise ValidationFailed(f"the {' and '.join(bad)} model gives non-finite logits on {clip_name}: {cause}")
+    where = "the synthetic clip" if clip_name == "synthetic" else clip_name
+    models = f"the {' and '.join(bad)} model{'s give' if len(bad) > 1 else ' gives'}"
+    raise ValidationFailed(f"{models} non-finite logits (NaN or inf) on {where}: {cause}")
 
 
 def default_output(source_name: str, r1: int) -> Path:

@@ -57,6 +57,14 @@ def parse_views(text: str | Sequence[int]) -> tuple[int, int]:
     return video_io.parse_views(text if isinstance(text, str) else tuple(text))
 
 
+def default_r1s(model: nn.Module) -> list[int]:
+    """Half the paper's setting and the paper's setting, scaled to the model (ViT-B: 32, 64)."""
+    from .api import paper_r1
+
+    full = paper_r1(model)
+    return sorted({max(1, round(full / 2)), full})
+
+
 def parse_r1_list(text: str | Sequence[int] | None) -> list[int] | None:
     """'32,64' -> [0, 32, 64]: 0 (the unpruned reference) always comes first; None stays None."""
     if text is None:
@@ -536,7 +544,7 @@ def evaluate(
             source = resolve(str(model), revision=revision, token=token)
             base = STAConfig.from_dict(source.sta) if source.is_artifact else None
             net = build_from_source(source, STAConfig())
-            chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else [32, 64])
+            chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else default_r1s(net))
             # chosen[0] == 0: the reference, no pruning at all
             configs = [STAConfig()] + [sta_config(base, v, **sta_options) for v in chosen[1:]]
             for cfg in configs:

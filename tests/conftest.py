@@ -148,11 +148,17 @@ def run_cli(*args, cwd: Path | None = None, env: dict | None = None):
 
 
 def assert_one_line_error(result, *fragments):
-    """A non-zero exit, exactly one `sta: error:` line on stderr (progress lines aside), no traceback."""
+    """A non-zero exit and one `sta: error:` line, last on stderr, holding `fragments`; before it at
+    most sta's own log lines (`· step`, `command: note`), never a traceback or a Python warning."""
     assert result.exit_code != 0, result.stdout
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("·")]
-    assert len(lines) == 1 and lines[0].startswith("sta: error: "), result.stderr
+    check_error_text(result.stderr, *fragments)
+
+
+def check_error_text(stderr: str, *fragments) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("sta: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert "Traceback" not in stderr and "Warning:" not in stderr, stderr
     for f in fragments:
-        assert f in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
+        assert f in errors[0], errors[0]

@@ -60,7 +60,7 @@ class RichProgress:
 def eval_command(
     dataset: Annotated[Path, typer.Argument(help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder, weights file or artifact.")],
-    r1: Annotated[Optional[str], typer.Option("--r1", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else 32,64.")] = None,
+    r1: Annotated[Optional[str], typer.Option("--r1", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).")] = None,
     views: Annotated[str, typer.Option("--views", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3).")] = "1x1",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Clips per forward pass.")] = 8,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Decoding worker processes (0: decode in the main process).")] = 2,
