@@ -43,7 +43,7 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> Non
 
 
 def default_preprocessing(num_frames: int, image_size: int, frame_stride: int, pre: dict | None = None) -> dict:
-    """How clips are sampled and normalised for this model (reference-notes §4)."""
+    """How clips are sampled and normalised for this model (paper Sec. 4.1; docs/algorithm.md §Evaluation sampling)."""
     pre = pre or {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop

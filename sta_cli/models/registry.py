@@ -16,7 +16,7 @@ class Alias:
     size: str
     classes: int
     dataset: str
-    frame_stride: int  # evaluation sampling stride (reference-notes §4)
+    frame_stride: int  # evaluation sampling stride (paper Sec. 4.1; docs/algorithm.md)
     packaged: bool = False
 
     @property

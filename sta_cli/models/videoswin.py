@@ -6,7 +6,7 @@ relative position bias, PatchMerging (2x2 spatial neighbours concatenated, Layer
 between stages, a final LayerNorm, mean pooling and a linear head. Windows shrink to the grid when
 the grid is smaller (no shift along that axis), and grids are zero-padded to whole windows.
 
-STA (reference-notes §3, paper Sec. 4.1): at the input of stages 2, 3 and 4 each temporal slice
+STA (paper Sec. 4.1; docs/videoswin.md): at the input of stages 2, 3 and 4 each temporal slice
 drops `{r1, 1.5 r1/4, 2 r1/16}` tokens (pruning/swin.py). Inside a pruned stage LayerNorms, qkv, proj
 and MLP run on the kept tokens only; window attention runs on the full grid, every dropped position
 filled with the qkv of the nearest kept token of its slice, and only kept positions are read back.

@@ -1,4 +1,4 @@
-"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; reference-notes §1).
+"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; docs/algorithm.md).
 
 Nothing here knows about models: the backbone hands over a stage's tokens, a similarity feature
 and the stage plan, and gets back the indices of the tokens to keep. Every shape is static (top-k
