@@ -206,7 +206,7 @@ def reference_forward(model: VideoSwin, video: torch.Tensor, similarity: str):
     its output read back at the kept positions; the kept sets are recomputed from independently
     built similarity features. Returns logits and kept positions."""
     x = model.patch_embed(video)
-    B, kept_all, last_in = x.shape[0], [], None
+    B, kept_all, last_in, prev_grid = x.shape[0], [], None, None
     for i, layer in enumerate(model.layers):
         grid = tuple(x.shape[1:4])
         tokens = x.flatten(1, 3)
@@ -225,7 +225,7 @@ def reference_forward(model: VideoSwin, video: torch.Tensor, similarity: str):
         for blk in layer.blocks:
             full = tokens if fill is None else tokens.gather(1, fill[..., None].expand(-1, -1, tokens.shape[-1]))
             last_in = full
-            out, _ = blk(full, grid, None, None)
+            out, _ = blk(full, videoswin.window_index(grid, TINY.window_size, blk.shifted, full))
             tokens = out if fill is None else out.gather(1, kept[..., None].expand(-1, -1, out.shape[-1]))
         prev_grid = grid
         if layer.downsample is not None:
