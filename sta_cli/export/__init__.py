@@ -30,6 +30,7 @@ from ..errors import StaError, ValidationFailed
 from ..io.artifact import atomic_dir, atomic_files, check_writable, model_config, write_json
 from ..io.checkpoints import resolve
 from .graph import ExportModule, example_input, io_spec, output_names
+from .quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
 from .validate import Case, Check, enforce, format_block, validate
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
@@ -207,14 +208,19 @@ def export(
     revision: str | None = None,
     token: str | bool | None = None,
     log: Log = _quiet,
+    quantize: str | None = None,
+    max_accuracy_drop: float | None = None,
+    accuracy_clips: int | None = None,
     **sta_options,
 ) -> dict:
     """Export `source` (an artifact folder, or a model spec with r1 and STA options) and validate it.
 
     Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
-    bad input and ValidationFailed when the export does not reproduce PyTorch.
+    bad input and ValidationFailed when the export does not reproduce PyTorch. quantize="int8" (ONNX)
+    also writes model.int8.onnx, validated against the float32 model (see export/quantize.py).
     """
     check_arguments(format, opset, batch, atol, device)
+    check_quantize(quantize, format, fp16, max_accuracy_drop, accuracy_clips)
     atol = atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL)
     if out is not None:  # fail before loading anything
         out = Path(out)
@@ -239,7 +245,8 @@ def export(
     config["sta"] = settings
     config["exports"] = dict(config.get("exports") or {})
 
-    writer = atomic_files(folder, [filename, filename + ".data", "config.json"]) if mode == "into" else atomic_dir(folder, force)
+    files = [filename, filename + ".data", "config.json"] + ([INT8_FILE, INT8_FILE + ".data"] if quantize else [])
+    writer = atomic_files(folder, files) if mode == "into" else atomic_dir(folder, force)
     report: dict = {
         "sta_version": __version__,
         "source": str(source),
@@ -302,9 +309,9 @@ def export(
         eager = ExportModule(model.to(dev)).eval()
         ref_run = lambda x: list(eager(x.to(dev, torch.float32)))  # noqa: E731
         report["reference"] = f"PyTorch float32 eager ({dev})"
+        cases = validation_cases(model, batch, dtype, clip) if validate_outputs else []
         if validate_outputs:
             log(f"validating against {report['reference']} ({report['runtime']})")
-            cases = validation_cases(model, batch, dtype, clip)
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
             result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
         else:
@@ -331,12 +338,35 @@ def export(
             "max_abs_diff": result["max_abs_diff"],
             "sta_version": __version__,
         }
+        if quantize:
+            add_int8(report, config, path, model, ref_run, cases[0] if cases else None, names, batch,
+                     DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
+                     DEFAULT_ACCURACY_CLIPS if accuracy_clips is None else accuracy_clips, allow_mismatch, log)
         write_json(tmp / "config.json", config)
     report["output"] = str(folder)
     report["files"] = {"model": str(folder / filename), "config": str(folder / "config.json")}
     if (folder / (filename + ".data")).exists() and format == "onnx":
         report["files"]["weights"] = str(folder / (filename + ".data"))
+    if quantize:
+        report["files"]["int8"] = str(folder / INT8_FILE)
     return report
+
+
+def add_int8(report: dict, config: dict, path: Path, model, reference, case, names, batch, max_drop: float, clips: int,
+             allow_mismatch: bool, log: Log) -> None:
+    """model.int8.onnx beside `path`, validated; its checks join the report's block, its entry config.json."""
+    entry, result, runtime = write_int8(path, model, reference, case, names, batch, max_drop, clips, log)
+    report["int8"] = {**entry, "runtime": runtime, "validation": result}
+    report["validation_block"] += format_block(
+        result, f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report['reference']}..."
+    )
+    try:
+        enforce(result, allow_mismatch)
+    except ValidationFailed as e:
+        failed = ValidationFailed(f"{INT8_FILE}: {e}")
+        failed.report = report  # the CLI prints the block before the error line
+        raise failed from None
+    config["exports"]["onnx_int8"] = {**entry, "runtime": runtime, "sta_version": __version__}
 
 
 def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
