@@ -204,6 +204,8 @@ def onnx_session(path: Path, threads: int | None = None):
         raise StaError(f"no such ONNX file: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings would clutter stderr
+    # Idle threads spinning after a run steal the CPU from the next path timed (torch, another session).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try:
@@ -248,6 +250,21 @@ def time_onnx(session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Te
     timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
     return {"file": str(path), "matches": matches, "max_abs_diff": {k: round(v, 7) for k, v in diffs.items()},
             "timing": timing}
+
+
+@torch.inference_mode()
+def time_int8(path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None,
+              threads: int | None) -> dict:
+    """Time the int8 graph `sta export --quantize int8` wrote beside model.onnx; its logits' cosine
+    with the float32 pruned torch model says how close the quantised model stays."""
+    session = onnx_session(path, threads)
+    name, feed, _ = onnx_input(session, x, batch)
+    out = torch.from_numpy(session.run(None, {name: feed})[0]).float()
+    model.set_sta(sta)
+    ref = model(torch.from_numpy(feed).to(x.device)).float().cpu()
+    cosine = torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() if out.shape == ref.shape else float("nan")
+    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
+    return {"file": str(path), "logit_cosine_vs_pruned": round(cosine, 6), "timing": timing}
 
 
 def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None,
@@ -492,6 +509,12 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
             net.set_sta(sta)
     for s in side.values():
         s.setdefault("onnxruntime", None)
+    int8_path = onnx_path.parent / "model.int8.onnx" if onnx_path is not None else None
+    int8_report = None
+    if int8_path is not None and int8_path.is_file() and sta.enabled:
+        log(f"timing ONNX Runtime int8 ({int8_path.name})")
+        int8_report = time_int8(int8_path, net, sta, x, batch, runs, threads)
+        side["pruned"]["onnxruntime_int8"] = int8_report["timing"]
 
     report = {
         "sta_version": __version__,
@@ -504,6 +527,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         "pruned": side["pruned"],
         "agreement": agreement,
         "onnx": onnx_report,
+        "onnx_int8": int8_report,
         "notes": notes,
         "warnings": clip_warnings,
         "vis": None,

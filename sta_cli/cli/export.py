@@ -38,6 +38,18 @@ def export(
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the comparison with PyTorch (graph checks still run).")] = False,
     clip: o.Clip = None,
     force: o.Force = False,
+    quantize: Annotated[
+        Optional[str], typer.Option("--quantize", metavar="int8", show_default="none",
+                                    help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation of the linear layers; STA scores stay float32).")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float], typer.Option("--max-accuracy-drop", metavar="POINTS", show_default="2",
+                                      help="int8: fail past this drop of held-out top-1 vs float32 unpruned, in points (demo model only).")
+    ] = None,
+    accuracy_clips: Annotated[
+        Optional[int], typer.Option("--accuracy-clips", metavar="INT", show_default="256",
+                                    help="int8: held-out demo clips to measure top-1 on (0 skips).")
+    ] = None,
     r1: o.R1 = None,
     revision: o.Revision = None,
     token: o.Token = None,
@@ -62,7 +74,8 @@ def export(
             report = run_export(
                 spec, format, out, r1=r1, opset=opset, batch=batch, fp16=fp16, device=device, atol=atol,
                 allow_mismatch=allow_mismatch, validate_outputs=not no_validate, clip=clip, force=force,
-                revision=revision, token=token, log=log, **options,
+                revision=revision, token=token, log=log, quantize=quantize, max_accuracy_drop=max_accuracy_drop,
+                accuracy_clips=accuracy_clips, **options,
             )
     except ValidationFailed as e:
         failed = getattr(e, "report", None)
@@ -89,7 +102,7 @@ def print_block(report: dict) -> None:
 
 def print_files(report: dict) -> None:
     v = report["validation"]
-    failed = [x for x in v["checks"] if not x["ok"]]
+    failed = [x for x in v["checks"] + report.get("int8", {}).get("validation", {}).get("checks", []) if not x["ok"]]
     if v.get("skipped"):
         head = "Validation skipped (--no-validate)"
     elif failed:
@@ -100,3 +113,5 @@ def print_files(report: dict) -> None:
     c.out.print(f"config (labels, preprocessing, pruning settings): {report['files']['config']}", markup=False)
     if "weights" in report["files"]:
         c.out.print(f"external weights: {report['files']['weights']}", markup=False)
+    if "int8" in report["files"]:
+        c.out.print(f"int8 model (linear layers int8, STA scores float32): {report['files']['int8']}", markup=False)

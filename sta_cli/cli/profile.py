@@ -84,6 +84,8 @@ def print_report(r: dict) -> None:
     if r["onnx"] is not None:
         note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
         table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
+    if p.get("onnxruntime_int8"):
+        table.add_row("ONNX Runtime int8 (CPU)", "-", _timing(p["onnxruntime_int8"]))
     share = p["torch"].get("sta_scoring_share")
     table.add_row("STA scoring share of the time", "", f"{share:.1%}" if share is not None else "-")
     c.out.print(table)
