@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
+from .log import Log, quiet
 from .errors import StaError, ValidationFailed
 from .flops import FLOPS_LABEL, gflops
 from .io import outputs
@@ -21,11 +21,7 @@ from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
 from .pruning import STAConfig
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:
@@ -84,16 +80,16 @@ def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> dict:
     return {"top1_agreement": top1, f"top{k}_overlap": overlap, "logit_cosine": cosine}
 
 
-def top_labels(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[dict]:
-    probs = logits.float().softmax(-1)[0]
-    p, i = probs.topk(min(k, probs.numel()))
+def top_labels(model: nn.Module, probs: torch.Tensor, k: int = 5) -> list[dict]:
+    """The k most probable labels of one prediction (probs: (classes,))."""
+    p, i = probs.float().topk(min(k, probs.numel()))
     return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
 
 
 def paper_r1(model: nn.Module) -> int:
     """The paper's headline setting scaled to the model: 64 of ViT-B's 196 tokens per frame, as a share
     of the tokens per temporal slice where pruning starts (Video Swin: 256 of 28x28; the demo: 21 of 64)."""
-    _, h, w = model.cfg.stage_grids[1] if hasattr(model.cfg, "stage_grids") else model.cfg.grid
+    _, h, w = model.pruning_grid
     return max(1, round(64 * h * w / 196))
 
 
@@ -123,7 +119,7 @@ def prune(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
     **sta_options,
 ) -> dict:
     """Prune `spec` with STA and write an artifact folder. Returns the report (also in OUT/report.json).
@@ -181,8 +177,8 @@ def prune(
         "validation": {
             "clip": clip_name,
             "kept_tokens_per_stage": kept,
-            "top5_unpruned": top_labels(model, ref),
-            "top5_pruned": top_labels(model, pruned),
+            "top5_unpruned": top_labels(model, ref.float().softmax(-1)[0]),
+            "top5_pruned": top_labels(model, pruned.float().softmax(-1)[0]),
             **compare(ref, pruned),
             "seconds_one_clip_cpu": {"unpruned": round(t_unpruned, 4), "pruned": round(t_pruned, 4)},
         },

@@ -23,24 +23,20 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .api import check_finite, compare, count_params, paper_r1, sta_config
+from .api import check_finite, compare, top_labels, count_params, paper_r1, sta_config
+from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
 from .io.artifact import sta_kind, verify
 from .io.checkpoints import resolve
-from .io.video import VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
+from .io.video import VIDEO_SUFFIXES, VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
 from .models import build_from_source
 from .models.registry import ALIASES
 from .pruning import STAConfig
 
-Log = Callable[[str], None]
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 RANDOM_SEEDS = (0, 1, 2)  # random-pruning baseline: mean over these seeds
 WARMUP = 2  # untimed calls before timing (first-call allocations, thread pools, caches)
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # --- defaults ------------------------------------------------------------------------------------
@@ -304,21 +300,9 @@ def _batched(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
-def _top5(model: nn.Module, probs: torch.Tensor) -> list[dict]:
-    p, i = probs.topk(min(5, probs.numel()))
-    return [{"label": model.labels[j], "index": int(j), "prob": round(float(q), 5)} for q, j in zip(p.tolist(), i.tolist())]
-
-
-def token_grids(model: nn.Module) -> list[tuple[int, int, int]]:
-    """Per STA stage, the (t, h, w) grid its kept positions index."""
-    if hasattr(model.cfg, "stage_grids"):
-        return [tuple(model.cfg.stage_grids[s.block]) for s in model.stages]
-    return [tuple(model.cfg.grid)] * len(model.stages)
-
-
 @torch.inference_mode()
 def sweep(model: nn.Module, sta: STAConfig, values: list[int], x: torch.Tensor, ref: torch.Tensor, batch: int,
-          runs: int | None, log: Log = _quiet) -> list[dict]:
+          runs: int | None, log: Log = quiet) -> list[dict]:
     """Per r1: agreement with the unpruned logits `ref` over the clip's views for STA and for random
     pruning (mean over RANDOM_SEEDS), GFLOPs and torch-eager throughput."""
     rows = []
@@ -357,7 +341,7 @@ def profile(
     device: str = "cpu",
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
     note: Log | None = None,
     **sta_options,
 ) -> dict:
@@ -478,7 +462,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     check_finite(net, {"unpruned": ref, "pruned": pruned}, clip_info["path"] or "the synthetic clip")
     side = {}
     for name, logits in (("unpruned", ref), ("pruned", pruned)):
-        side[name] = {"top5": _top5(net, logits.float().softmax(-1).mean(0))}
+        side[name] = {"top5": top_labels(net, logits.float().softmax(-1).mean(0))}
     agreement = {k: round(v, 5) for k, v in compare(ref, pruned).items()}
     agreement["same_top1_after_averaging"] = side["unpruned"]["top5"][0]["index"] == side["pruned"]["top5"][0]["index"]
 
@@ -555,7 +539,7 @@ def draw_kept_tokens(model: nn.Module, view: torch.Tensor, pre: dict, path: Path
     from .vis import save_kept_tokens
 
     _, kept = model.forward_with_positions(view)
-    grids = token_grids(model)
+    grids = model.kept_grids
     frames = denormalise(view[0], pre)
     labels = [f"input: {view.shape[2]} frames"]
     labels += [f"STA step {i + 1}: {k.shape[1]}/{math.prod(g)} kept" for i, (k, g) in enumerate(zip(kept, grids))]

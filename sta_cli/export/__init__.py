@@ -20,12 +20,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..log import Log, quiet
 from ..errors import StaError, ValidationFailed
 from ..io import artifact as art
 from ..io import outputs
@@ -41,11 +41,7 @@ DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
 DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _first_line(e: Exception) -> str:
@@ -222,7 +218,7 @@ def export(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
     quantize: str | None = None,
     max_accuracy_drop: float | None = None,
     accuracy_clips: int | None = None,

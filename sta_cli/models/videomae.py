@@ -179,6 +179,14 @@ class VideoMAE(PrunedClassifier):
         self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
 
     @property
+    def pruning_grid(self) -> tuple[int, int, int]:
+        return tuple(self.cfg.grid)
+
+    @property
+    def kept_grids(self) -> list[tuple[int, int, int]]:
+        return [tuple(self.cfg.grid)] * len(self.stages)
+
+    @property
     def tokens_per_stage(self) -> list[int]:
         """Token count entering the network, then after each STA stage."""
         return [self.cfg.num_tokens] + [s.tokens_out for s in self.stages]

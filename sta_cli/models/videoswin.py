@@ -358,6 +358,14 @@ class VideoSwin(PrunedClassifier):
         self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
 
     @property
+    def pruning_grid(self) -> tuple[int, int, int]:
+        return tuple(self.cfg.stage_grids[1])  # stage 1 is never pruned
+
+    @property
+    def kept_grids(self) -> list[tuple[int, int, int]]:
+        return [tuple(self.cfg.stage_grids[s.block]) for s in self.stages]
+
+    @property
     def tokens_per_stage(self) -> list[int]:
         """Tokens each of the 4 stages runs its linear layers on (stage 1 is never pruned)."""
         counts = [t * h * w for t, h, w in self.cfg.stage_grids]
