@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -85,6 +86,34 @@ Score = Annotated[Optional[str], typer.Option("--score", help="Pruning score: st
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 Token = Annotated[Optional[str], typer.Option("--token", help="Hugging Face token (default: the logged-in one).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+# What the weights cannot tell, shared by every command that loads a model.
+NumHeads = Annotated[Optional[int], typer.Option("--num-heads", help="Attention heads (VideoMAE): overrides the config or the released size's count.")]
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Input height = width in pixels (default: the config's, else the released model's).")]
+NumFrames = Annotated[Optional[int], typer.Option("--num-frames", help="Frames per clip (default: the config's, else the released model's).")]
+Mean = Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean R,G,B of [0, 1] pixels, e.g. 0.485,0.456,0.406.")]
+Std = Annotated[Optional[str], typer.Option("--std", help="Normalisation std R,G,B of [0, 1] pixels, e.g. 0.229,0.224,0.225.")]
+
+
+def arch_options(num_heads, image_size, num_frames, mean, std):
+    """The architecture options as the `arch` argument of resolve / export / profile / evaluate."""
+    from ..models.overrides import ArchOverrides
+
+    return ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
+
+
+class _ErrConsoleHandler(logging.Handler):
+    """Library notes (logger 'sta_cli': assumed input size, head count, cache fallback) as one log line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"· note: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+
+_lib_log = logging.getLogger("sta_cli")
+if not _lib_log.handlers:
+    _lib_log.addHandler(_ErrConsoleHandler())
+    _lib_log.propagate = False
 
 
 def sta_options(first_group, seed, order, schedule, similarity, score) -> dict:

@@ -77,6 +77,11 @@ def eval_command(
     score: c.Score = None,
     revision: c.Revision = None,
     token: c.Token = None,
+    num_heads: c.NumHeads = None,
+    image_size: c.ImageSize = None,
+    num_frames: c.NumFrames = None,
+    mean: c.Mean = None,
+    std: c.Std = None,
     json: c.Json = False,
 ):
     """Accuracy of the unpruned model and each r1 on a labelled video set (top-1, top-5, agreement, GFLOPs, clips/s).
@@ -91,7 +96,8 @@ def eval_command(
     try:
         summary = evaluate(
             dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
-            device=device, precision=precision, revision=revision, token=token, progress=RichProgress() if main_rank else None,
+            device=device, precision=precision, revision=revision, token=token,
+            arch=c.arch_options(num_heads, image_size, num_frames, mean, std), progress=RichProgress() if main_rank else None,
             **c.sta_options(first_group, seed, order, schedule, similarity, score),
         )
     except StaError as e:

@@ -43,6 +43,11 @@ def export(
     score: c.Score = None,
     revision: c.Revision = None,
     token: c.Token = None,
+    num_heads: c.NumHeads = None,
+    image_size: c.ImageSize = None,
+    num_frames: c.NumFrames = None,
+    mean: c.Mean = None,
+    std: c.Std = None,
     json: c.Json = False,
 ):
     """Export a pruned model to ONNX, TorchScript or torch.export and validate it against PyTorch."""
@@ -64,7 +69,8 @@ def export(
             report = run_export(
                 spec, format, out, r1=r1, opset=opset, batch=batch, fp16=fp16, device=device, atol=atol,
                 allow_mismatch=allow_mismatch, validate_outputs=not no_validate, clip=clip, force=force,
-                revision=revision, token=token, log=log, **options,
+                revision=revision, token=token,
+                arch=c.arch_options(num_heads, image_size, num_frames, mean, std), log=log, **options,
             )
     except ValidationFailed as e:
         failed = getattr(e, "report", None)

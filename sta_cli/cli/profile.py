@@ -36,6 +36,11 @@ def profile(
     score: c.Score = None,
     revision: c.Revision = None,
     token: c.Token = None,
+    num_heads: c.NumHeads = None,
+    image_size: c.ImageSize = None,
+    num_frames: c.NumFrames = None,
+    mean: c.Mean = None,
+    std: c.Std = None,
     json: c.Json = False,
 ):
     """Profile a model on a video: top-5 labels, parameters, GFLOPs, tokens, latency, unpruned vs pruned."""
@@ -47,6 +52,7 @@ def profile(
     report = lib.profile(
         clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
         runs=runs, threads=threads, device=device, revision=revision, token=token,
+        arch=c.arch_options(num_heads, image_size, num_frames, mean, std),
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
         **c.sta_options(first_group, seed, order, schedule, similarity, score),

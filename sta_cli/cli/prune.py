@@ -27,12 +27,18 @@ def prune(
     score: c.Score = None,
     revision: c.Revision = None,
     token: c.Token = None,
+    num_heads: c.NumHeads = None,
+    image_size: c.ImageSize = None,
+    num_frames: c.NumFrames = None,
+    mean: c.Mean = None,
+    std: c.Std = None,
     json: c.Json = False,
 ):
     """Prune a model with STA and write an artifact (weights, config, settings, report)."""
     with c.Steps(quiet=False) as log:
         report = api.prune(
             model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log,
+            num_heads=num_heads, image_size=image_size, num_frames=num_frames, mean=mean, std=std,
             **c.sta_options(first_group, seed, order, schedule, similarity, score),
         )
     if json:

@@ -114,7 +114,7 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log):
+def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None):
     """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
     path = Path(str(source)).expanduser()
     artifact = path if path.is_dir() and _looks_like_artifact(path) else None
@@ -127,7 +127,7 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
                 "apply to --model (or re-run sta prune)"
             )
     log(f"loading {source}")
-    src = resolve(str(source), revision=revision, token=token)
+    src = resolve(str(source), revision=revision, token=token, arch=arch)
     from ..api import from_source
 
     if artifact is not None:
@@ -206,6 +206,7 @@ def export(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     log: Log = _quiet,
     **sta_options,
 ) -> dict:
@@ -224,7 +225,7 @@ def export(
             check_writable(out, force)
         elif not os.access(out, os.W_OK | os.X_OK):
             raise StaError(f"cannot write to {out}: permission denied")
-    model, artifact = load_source(source, r1, revision, token, sta_options, log)
+    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32
@@ -348,7 +349,9 @@ def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
         Check(f"graph: opset {graph['opset']}, {graph['nodes']} nodes, {graph['topk']} TopK, {forbidden}", ops_ok),
     ]
     expected = model.tokens_per_stage
-    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(expected[1:]))
+    # One kept_positions output per STA stage (none unpruned; Video Swin lists 4 stage counts either way).
+    kept = [stage.tokens_out for stage in model.stages]
+    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(kept))
     # Every tensor numeric once the batch is fixed, and the kept_positions outputs declare the planned counts.
     static = not graph["not_static"] and outputs_static
     detail = " -> ".join(map(str, expected))
