@@ -83,6 +83,14 @@ def _expand_index(path: Path) -> list[Path]:
     return files
 
 
+def _folder_name(path: Path) -> str:
+    """A folder's name; a Hugging Face cache snapshot (models--org--repo/snapshots/<commit>) is named by its repo."""
+    path = path.absolute()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.resolve().name
+
+
 def local_source(path: Path, spec: str) -> Source:
     if path.is_dir():
         config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
@@ -90,7 +98,7 @@ def local_source(path: Path, spec: str) -> Source:
         sta = path / "sta.json"
         return Source(
             spec=spec,
-            name=path.resolve().name,
+            name=_folder_name(path),
             weights=_weights_in(path),
             config=config,
             preprocessor=_read_json(pre) if pre.is_file() else None,
