@@ -19,6 +19,7 @@ from .io.artifact import ARTIFACT, write_manifest, write_model
 from .io.checkpoints import Source, resolve
 from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
+from .models.overrides import ArchOverrides
 from .pruning import STAConfig
 
 
@@ -37,14 +38,21 @@ def load(
     revision: str | None = None,
     token: str | bool | None = None,
     device: str | torch.device = "cpu",
+    num_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
+    mean: tuple[float, float, float] | str | None = None,
+    std: tuple[float, float, float] | str | None = None,
     **sta_options,
 ) -> nn.Module:
     """Load a model in eval mode: an alias, Hub repo id, local folder or weights file, or an artifact.
 
     r1 = None keeps an artifact's pruning settings (and means no pruning for a plain checkpoint);
-    r1 = 0 is always the unpruned model. Other keyword arguments are STAConfig fields.
+    r1 = 0 is always the unpruned model. num_heads, image_size, num_frames, mean and std set what
+    the weights cannot tell (and override a config). Other keyword arguments are STAConfig fields.
     """
-    source = resolve(str(spec), revision=revision, token=token)
+    arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
+    source = resolve(str(spec), revision=revision, token=token, arch=arch)
     return from_source(source, r1, **sta_options).to(device)
 
 
@@ -120,19 +128,26 @@ def prune(
     revision: str | None = None,
     token: str | bool | None = None,
     log: Log = quiet,
+    num_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
+    mean: tuple[float, float, float] | str | None = None,
+    std: tuple[float, float, float] | str | None = None,
     **sta_options,
 ) -> dict:
     """Prune `spec` with STA and write an artifact folder. Returns the report (also in OUT/report.json).
 
-    r1 = None keeps an artifact's setting, and otherwise takes `paper_r1(model)`.
+    r1 = None keeps an artifact's setting, and otherwise takes `paper_r1(model)`. num_heads,
+    image_size, num_frames, mean and std: as for `load`.
 
     Validates on a sample clip: the artifact reloaded with r1 = 0 must reproduce the source
     checkpoint exactly, and the pruned model is compared with the unpruned one.
     """
     if out is not None:
         outputs.check_folder_target(Path(out), force)
+    arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
     log(f"resolving {spec}")
-    source = resolve(str(spec), revision=revision, token=token)
+    source = resolve(str(spec), revision=revision, token=token, arch=arch)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     if r1 is not None or base is not None:
         sta = sta_config(base, r1, **sta_options)
@@ -165,7 +180,8 @@ def prune(
     report = {
         "sta_version": __version__,
         "source": {"spec": str(spec), "name": source.name, "hub": source.hub, "files": [p.name for p in source.weights]},
-        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict()},
+        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict(),
+                  "provenance": model.provenance},
         "sta": sta.to_dict(),
         "tokens": {"unpruned": unpruned_tokens, "pruned": model.tokens_per_stage},
         "gflops": {

@@ -513,6 +513,7 @@ def evaluate(
     precision: str = "fp32",
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     progress: Progress | None = None,
     **sta_options,
 ) -> dict:
@@ -540,7 +541,7 @@ def evaluate(
         raws = dist_ctx.agree(lambda: read_entries(dataset, root))
 
         def load():
-            source = resolve(str(model), revision=revision, token=token)
+            source = resolve(str(model), revision=revision, token=token, arch=arch)
             base = STAConfig.from_dict(source.sta) if source.is_artifact else None
             net = build_from_source(source, STAConfig())
             chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else default_r1s(net))

@@ -341,6 +341,7 @@ def profile(
     device: str = "cpu",
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     log: Log = quiet,
     note: Log | None = None,
     **sta_options,
@@ -361,13 +362,13 @@ def profile(
         torch.set_num_threads(threads)
     try:
         return _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision,
-                        token, log, note, sta_options)
+                        token, log, note, sta_options, arch=arch)
     finally:
         torch.set_num_threads(before)
 
 
 def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision, token, log,
-             note, sta_options) -> dict:
+             note, sta_options, arch=None) -> dict:
     note = note or log
     notes: list[str] = []
 
@@ -402,7 +403,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         check_target(sweep_png)
 
     log(f"loading {model}")
-    source = resolve(str(model), revision=revision, token=token)
+    source = resolve(str(model), revision=revision, token=token, arch=arch)
     net = build_from_source(source, STAConfig()).to(dev)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     if r1 is None:

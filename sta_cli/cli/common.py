@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
@@ -65,6 +66,19 @@ class Steps:
     def __exit__(self, *exc):
         if self._status is not None:
             self._status.__exit__(*exc)
+
+
+class _ErrConsoleHandler(logging.Handler):
+    """Library notes (logger 'sta_cli': assumed input size, head count, cache fallback) as one log line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"· note: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+
+_lib_log = logging.getLogger("sta_cli")
+if not _lib_log.handlers:
+    _lib_log.addHandler(_ErrConsoleHandler())
+    _lib_log.propagate = False
 
 
 def local_artifact(kind: str) -> Path | None:

@@ -58,6 +58,7 @@ class RichProgress:
 
 
 @c.handle_errors
+@o.arch_options
 @o.sta_options
 def eval_command(
     dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
@@ -79,6 +80,7 @@ def eval_command(
     token: o.Token = None,
     json: o.Json = False,
     sta_options: dict | None = None,
+    arch=None,
 ):
     """Accuracy of the unpruned model and each r1 on a labelled video set (top-1, top-5, agreement, GFLOPs, clips/s).
 
@@ -95,7 +97,7 @@ def eval_command(
     try:
         summary = evaluate(
             dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
-            device=device, precision=precision, revision=revision, token=token, progress=RichProgress() if main_rank else None,
+            device=device, precision=precision, revision=revision, token=token, arch=arch, progress=RichProgress() if main_rank else None,
             **sta_options,
         )
     except StaError as e:

@@ -13,6 +13,7 @@ from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
 @o.sta_options
 def export(
     source: Annotated[
@@ -55,6 +56,7 @@ def export(
     token: o.Token = None,
     json: o.Json = False,
     sta_options: dict | None = None,
+    arch=None,
 ):
     """Export a pruned model to ONNX, TorchScript or torch.export and validate it against PyTorch."""
     from ..export import export as run_export
@@ -74,7 +76,7 @@ def export(
             report = run_export(
                 spec, format, out, r1=r1, opset=opset, batch=batch, fp16=fp16, device=device, atol=atol,
                 allow_mismatch=allow_mismatch, validate_outputs=not no_validate, clip=clip, force=force,
-                revision=revision, token=token, log=log, quantize=quantize, max_accuracy_drop=max_accuracy_drop,
+                revision=revision, token=token, arch=arch, log=log, quantize=quantize, max_accuracy_drop=max_accuracy_drop,
                 accuracy_clips=accuracy_clips, **options,
             )
     except ValidationFailed as e:

@@ -74,24 +74,66 @@ _STA_PARAMETERS = [
 STA_NAMES = [name for name, _, _ in _STA_PARAMETERS]
 
 
-def sta_options(command):
-    """Add the STA options to `command`'s signature; it receives them as one dict, `sta_options`,
-    holding only the options the user gave."""
-    signature = inspect.signature(command, eval_str=True)  # real types: the module may defer annotations
-    params = [p for p in signature.parameters.values() if p.name != "sta_options"]
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
-        for name, kind, option in _STA_PARAMETERS
-    ]
+# --- what the weights cannot tell ----------------------------------------------------------------------
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        given = {name: kwargs.pop(name) for name in STA_NAMES}
-        check_seed(given)
-        return command(*args, sta_options={k: v for k, v in given.items() if v is not None}, **kwargs)
+_ARCH_PARAMETERS = [
+    ("num_heads", Optional[int], typer.Option(
+        "--num-heads", metavar="INT", show_default="the config's, else the released model's",
+        help="Attention heads (VideoMAE).")),
+    ("image_size", Optional[int], typer.Option(
+        "--image-size", metavar="PIXELS", show_default="the config's, else the released model's",
+        help="Input height = width.")),
+    ("num_frames", Optional[int], typer.Option(
+        "--num-frames", metavar="INT", show_default="the config's, else the released model's",
+        help="Frames per clip.")),
+    ("mean", Optional[str], typer.Option(
+        "--mean", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
+        help="Normalisation mean of [0, 1] pixels.")),
+    ("std", Optional[str], typer.Option(
+        "--std", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
+        help="Normalisation std of [0, 1] pixels.")),
+]
 
-    wrapper.__signature__ = signature.replace(parameters=_ordered(params + extra))
-    return wrapper
+
+def _adding(parameters: list, pack):
+    """A decorator adding `parameters` (name, type, typer.Option) to a command's signature; the
+    command receives them packed by `pack(given: dict) -> (keyword, value)`."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)  # real types: the module may defer annotations
+        keyword, _ = pack({})
+        params = [p for p in signature.parameters.values() if p.name != keyword]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+            for name, kind, option in parameters
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            keyword, value = pack({name: kwargs.pop(name) for name, _, _ in parameters})
+            return command(*args, **{keyword: value}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=_ordered(params + extra))
+        return wrapper
+
+    return decorate
+
+
+def _pack_arch(given: dict):
+    from ..models.overrides import ArchOverrides
+
+    return "arch", ArchOverrides.parse(**given)
+
+
+def _pack_sta(given: dict):
+    check_seed(given)
+    return "sta_options", {k: v for k, v in given.items() if v is not None}
+
+
+# Add the architecture options; the command receives them as one `arch` (models.ArchOverrides).
+arch_options = _adding(_ARCH_PARAMETERS, _pack_arch)
+# Add the STA options; the command receives the ones the user gave as one dict, `sta_options`.
+sta_options = _adding(_STA_PARAMETERS, _pack_sta)
 
 
 def _ordered(params: list[inspect.Parameter]) -> list[inspect.Parameter]:

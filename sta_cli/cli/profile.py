@@ -12,6 +12,7 @@ from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
 @o.sta_options
 def profile(
     clip: Annotated[Optional[Path], typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip).")] = None,
@@ -34,6 +35,7 @@ def profile(
     token: o.Token = None,
     json: o.Json = False,
     sta_options: dict | None = None,
+    arch=None,
 ):
     """Profile a model on a video: top-5 labels, parameters, GFLOPs, tokens, latency, unpruned vs pruned."""
     from .. import profile as lib
@@ -42,6 +44,7 @@ def profile(
     report = lib.profile(
         clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
         runs=runs, threads=threads, device=device, revision=revision, token=token,
+        arch=arch,
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
         **sta_options,

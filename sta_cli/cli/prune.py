@@ -14,6 +14,7 @@ from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
 @o.sta_options
 def prune(
     model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL", show_default=False,
@@ -26,10 +27,11 @@ def prune(
     token: o.Token = None,
     json: o.Json = False,
     sta_options: dict | None = None,
+    arch=None,
 ):
     """Prune a model with STA and write an artifact (weights, config, settings, report)."""
     with c.Steps(quiet=False) as log:
-        report = api.prune(model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log, **sta_options)
+        report = api.prune(model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log, **arch.given(), **sta_options)
     if json:
         c.print_json(report)
         return

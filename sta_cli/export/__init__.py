@@ -102,7 +102,7 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log):
+def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None):
     """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
     path = Path(str(source)).expanduser()
     artifact = path if art.is_artifact(path) else None
@@ -114,7 +114,7 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
                 "apply to --model (or re-run sta prune)"
             )
     log(f"loading {source}")
-    src = resolve(str(source), revision=revision, token=token)
+    src = resolve(str(source), revision=revision, token=token, arch=arch)
     from ..api import from_source
 
     if artifact is not None:
@@ -218,6 +218,7 @@ def export(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     log: Log = quiet,
     quantize: str | None = None,
     max_accuracy_drop: float | None = None,
@@ -235,7 +236,7 @@ def export(
     atol = atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL)
     if out is not None:  # fail before loading anything
         check_out(Path(out), force)
-    model, artifact = load_source(source, r1, revision, token, sta_options, log)
+    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32

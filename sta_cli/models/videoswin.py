@@ -46,7 +46,14 @@ from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, stage_keep_indices
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
 from .layers import Mlp, PrunedClassifier
-from .registry import ASSETS
+
+# The released architectures (torchvision's swin3d_{t,s,b} and the original release): (embed_dim,
+# depths) -> name. Their weights come with a 32x224^2 input and ImageNet normalisation.
+RELEASED = {(96, (2, 2, 6, 2)): "Video Swin-T", (96, (2, 2, 18, 2)): "Video Swin-S", (128, (2, 2, 18, 2)): "Video Swin-B"}
+RELEASED_INPUT = {"image_size": 224, "num_frames": 32}
+# Stage-1 tokens beyond which an input is not real (a 64x448^2 clip has 401,408).
+MAX_TOKENS = 1 << 20
+
 
 @dataclass(frozen=True)
 class VideoSwinConfig:
@@ -66,7 +73,18 @@ class VideoSwinConfig:
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "window_size", "patch_size"):  # JSON gives lists
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
+                raise StaError(f"model config: {name} must be a list of positive integers, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
+        for name in ("embed_dim", "num_classes", "num_frames", "image_size", "in_chans"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise StaError(f"model config: {name} must be a positive integer, got {v!r}")
+        for name in ("mlp_ratio", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e3:
+                raise StaError(f"model config: {name} must be a positive number, got {v!r}")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
             raise StaError(f"Video Swin has 4 stages: got depths {self.depths} and heads {self.num_heads}")
         if len(self.window_size) != 3 or len(self.patch_size) != 3:
@@ -74,6 +92,12 @@ class VideoSwinConfig:
         for i, heads in enumerate(self.num_heads):
             if self.stage_dim(i) % heads:
                 raise StaError(f"stage {i + 1} width {self.stage_dim(i)} is not divisible by {heads} heads")
+        t, h, w = self.stage_grids[0]
+        if t * h * w > MAX_TOKENS:
+            raise StaError(
+                f"input {self.num_frames}x{self.image_size}^2 gives {t * h * w:,} tokens at stage 1 "
+                f"(more than {MAX_TOKENS:,}): not a real Video Swin input size"
+            )
 
     def stage_dim(self, i: int) -> int:
         return self.embed_dim * 2**i
@@ -94,6 +118,8 @@ class VideoSwinConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoSwinConfig":
+        if not isinstance(d, dict):
+            raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -422,11 +448,6 @@ class VideoSwin(PrunedClassifier):
         return pooled, kept_all
 
 
-def kinetics400_labels() -> list[str]:
-    """Kinetics-400 class names in the released heads' index order (as torchvision lists them)."""
-    return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
-
-
 # --- checkpoint layouts -------------------------------------------------------------------------
 
 _TV_BLOCK = re.compile(r"^features\.(\d+)\.(\d+)\.(.+)$")
@@ -435,7 +456,8 @@ _TV_MLP = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a torchvision `swin3d_*` or original (mmaction) Video Swin state dict into our layout.
+    """Map a torchvision `swin3d_*`, original release (mmaction 0.x) or mmaction2 1.x Video Swin state dict
+    into our layout.
 
     Drops the `relative_position_index` buffers (recomputed from the window size). Keys this function
     does not recognise are left as they are, so the strict load that follows names them.
@@ -445,7 +467,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
         if key.endswith("relative_position_index"):
             continue
         new = key
-        if key.startswith("backbone."):  # mmaction: backbone.* + cls_head.fc_cls
+        if key.startswith("backbone.norm3."):  # mmaction2 1.x names the final norm after stage index 3
+            new = "norm." + key[len("backbone.norm3.") :]
+        elif key.startswith("backbone."):  # mmaction: backbone.* + cls_head.fc_cls
             new = key[len("backbone.") :]
         elif key.startswith("cls_head.fc_cls."):
             new = "head." + key[len("cls_head.fc_cls.") :]
@@ -484,9 +508,8 @@ def window_hint(state_dict: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None, **overrides) -> VideoSwinConfig:
-    """Infer the architecture from tensor shapes (our layout). The input size is not in the weights:
-    it defaults to the released models' 32x224^2."""
+def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None) -> dict:
+    """What the weights (our layout) fix: everything but the input size (frames, pixels)."""
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
         depths = tuple(
@@ -498,7 +521,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
         num_classes = sd["head.weight"].shape[0]
     except (KeyError, ValueError, IndexError) as e:
         raise StaError(f"not a Video Swin classifier checkpoint: cannot find {e} in its weights") from None
-    inferred = dict(
+    return dict(
         embed_dim=w.shape[0],
         depths=depths,
         num_heads=heads,
@@ -510,5 +533,11 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
         qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd,
         patch_norm="patch_embed.norm.weight" in sd,
     )
-    inferred.update(overrides)
-    return VideoSwinConfig(**inferred)
+
+
+def released(shapes: dict) -> str | None:
+    """Name of the released architecture these weights have, if any."""
+    standard = shapes["patch_size"] == (2, 4, 4) and shapes["mlp_ratio"] == 4 and shapes["in_chans"] == 3
+    heads = tuple(shapes["embed_dim"] // 32 * 2**i for i in range(4))  # 32 channels per head
+    return RELEASED.get((shapes["embed_dim"], shapes["depths"])) if standard and shapes["num_heads"] == heads else None
+
