@@ -43,6 +43,7 @@ def load(
     num_frames: int | None = None,
     mean: tuple[float, float, float] | str | None = None,
     std: tuple[float, float, float] | str | None = None,
+    compile: bool | str = False,
     **sta_options,
 ) -> nn.Module:
     """Load a model in eval mode: an alias, Hub repo id, local folder or weights file, or an artifact.
@@ -50,10 +51,17 @@ def load(
     r1 = None keeps an artifact's pruning settings (and means no pruning for a plain checkpoint);
     r1 = 0 is always the unpruned model. num_heads, image_size, num_frames, mean and std set what
     the weights cannot tell (and override a config). Other keyword arguments are STAConfig fields.
+    compile: True runs the model through torch.compile(fullgraph=True) (sta_cli.compiled; the first
+    call per STA setting compiles), a string also picks torch.compile's mode.
     """
     arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
     source = resolve(str(spec), revision=revision, token=token, arch=arch)
-    return from_source(source, r1, **sta_options).to(device)
+    model = from_source(source, r1, **sta_options).to(device)
+    if compile:
+        from .compiled import compile_model
+
+        model = compile_model(model, mode=compile if isinstance(compile, str) else None)
+    return model
 
 
 def from_source(source: Source, r1: int | None = None, **sta_options) -> nn.Module:

@@ -70,6 +70,14 @@ def _build_place(root: Path) -> None:
         (root / name).mkdir()
         (root / name / "config.json").write_text(config)
         shutil.copy(demo / "model.safetensors", root / name)
+    hf = {"model_type": "videomae", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 2,
+          "intermediate_size": 256, "image_size": 64, "patch_size": 8, "num_frames": 16, "tubelet_size": 2, "num_labels": 8}
+    for name, change in (("hugeconfig", {"hidden_size": 2**26}), ("bigimage", {"image_size": 2**20})):
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(__import__("json").dumps({**hf, **change}))
+        shutil.copy(demo / "model.safetensors", root / name)
+    (root / "weightsonly").mkdir()
+    shutil.copy(demo / "model.safetensors", root / "weightsonly")
     (root / "noweights").mkdir()
     shutil.copy(demo / "config.json", root / "noweights")
     (root / "twoweights").mkdir()
