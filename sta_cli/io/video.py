@@ -203,7 +203,8 @@ def open_video(path: Path) -> Iterator:
     path = Path(path)
     _check_path(path)
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        # av < 19 raises on undecodable metadata unless told to ignore it; av 19 always decodes it leniently and dropped the option
+        container = av.open(str(path), **({"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}))
     except av.FFmpegError as e:
         raise StaError(f"{path} is not a video FFmpeg can read, or is corrupt ({_ffmpeg_reason(e)})") from None
     except (OSError, ValueError) as e:
