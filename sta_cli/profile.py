@@ -27,6 +27,7 @@ from .api import check_finite, compare, top_labels, count_params, paper_r1, sta_
 from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
+from .runtime import ort
 from .io.artifact import sta_kind, verify
 from .io.checkpoints import resolve
 from .io.video import VIDEO_SUFFIXES, VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
@@ -192,22 +193,8 @@ def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor,
 
 
 def onnx_session(path: Path, threads: int | None = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise StaError("ONNX Runtime is not installed: pip install 'sta-cli[export]'") from None
-    if not Path(path).is_file():
-        raise StaError(f"no such ONNX file: {path}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: its warnings would clutter stderr
-    # Idle threads spinning after a run steal the CPU from the next path timed (torch, another session).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types, none of them exported stably
-        raise StaError(f"cannot load {path} with ONNX Runtime: {str(e).splitlines()[0]}") from None
+    """A CPU session for timing (the one session rule: runtime.ort)."""
+    return ort.session(path, "cpu", threads)[0]
 
 
 def onnx_input(session, x: torch.Tensor, batch: int) -> tuple[str, np.ndarray, list[str]]:

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,7 +321,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not _looks_like_torch_file(path):
         raise StaError(f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # Its warnings (an unusual pickle protocol, ...) are about the file sta is judging here.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = _ANSI.sub("", str(e))
