@@ -159,7 +159,9 @@ def is_demo(model: nn.Module) -> bool:
     from ..demo import DEMO_DIR
 
     config = json.loads((DEMO_DIR / "config.json").read_text())
-    return model.family == config["architecture"] and model.cfg.to_dict() == config["model"] and list(model.labels) == config["labels"]
+    if model.family != config["architecture"] or list(model.labels) != config["labels"]:
+        return False
+    return type(model.cfg).from_dict(config["model"]) == model.cfg  # fields added since default alike
 
 
 @torch.no_grad()
