@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import __version__
 from .log import Log, quiet
@@ -17,18 +15,13 @@ from .flops import FLOPS_LABEL, gflops
 from .io import outputs
 from .io.artifact import ARTIFACT, write_manifest, write_model
 from .io.checkpoints import Source, resolve
-from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
 from .models.overrides import ArchOverrides
 from .pruning import STAConfig
+from .runtime.loading import default_output, from_source, paper_r1, sample_clip, sta_config, task_sta  # noqa: F401  (library API)
+from .runtime.predict import check_finite, compare, count_params, top_labels  # noqa: F401  (library API)
 
 
-
-
-def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:
-    """`base` (default: no pruning) with r1 and any STA options given (None means unchanged)."""
-    changes = {k: v for k, v in {"r1": r1, **options}.items() if v is not None}
-    return dataclasses.replace(base or STAConfig(), **changes)
 
 
 def load(
@@ -62,67 +55,6 @@ def load(
 
         model = compile_model(model, mode=compile if isinstance(compile, str) else None)
     return model
-
-
-def from_source(source: Source, r1: int | None = None, **sta_options) -> nn.Module:
-    base = STAConfig.from_dict(source.sta) if source.is_artifact else None
-    return build_from_source(source, sta_config(base, r1, **sta_options))
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch.Tensor, str]:
-    """The validation clip: decoded from `clip`, else the demo model's own sample, else the deterministic
-    synthetic one (whose plain moving square a model trained on other data need not recognise)."""
-    if clip is None and getattr(model, "source_name", None) == "demo":
-        from .demo import sample_path
-
-        clip = sample_path()
-    if clip is not None:
-        return load_clip(Path(clip), model.preprocessing), str(clip)
-    return synthetic_clip(model.preprocessing), "synthetic"
-
-
-@torch.no_grad()
-def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> dict:
-    """Agreement of pruned with unpruned predictions, averaged over the batch."""
-    top1 = (unpruned_logits.argmax(-1) == pruned_logits.argmax(-1)).float().mean().item()
-    k = min(5, unpruned_logits.shape[-1])
-    a, b = unpruned_logits.topk(k, -1).indices, pruned_logits.topk(k, -1).indices
-    overlap = (a[:, :, None] == b[:, None, :]).any(-1).float().mean().item()
-    cosine = F.cosine_similarity(unpruned_logits.float(), pruned_logits.float(), dim=-1).mean().item()
-    return {"top1_agreement": top1, f"top{k}_overlap": overlap, "logit_cosine": cosine}
-
-
-def top_labels(model: nn.Module, probs: torch.Tensor, k: int = 5) -> list[dict]:
-    """The k most probable labels of one prediction (probs: (classes,))."""
-    p, i = probs.float().topk(min(k, probs.numel()))
-    return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
-
-
-def paper_r1(model: nn.Module) -> int:
-    """The paper's headline setting scaled to the model: 64 of ViT-B's 196 tokens per frame, as a share
-    of the tokens per temporal slice where pruning starts (Video Swin: 256 of 28x28; the demo: 21 of 64)."""
-    _, h, w = model.pruning_grid
-    return max(1, round(64 * h * w / 196))
-
-
-def check_finite(model: nn.Module, logits: dict[str, torch.Tensor], clip_name: str) -> None:
-    """Non-finite logits are a wrong answer, never a result: name the weights that cause them if any."""
-    bad = [name for name, t in logits.items() if not torch.isfinite(t).all()]
-    if not bad:
-        return
-    tensors = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    cause = f"the weights hold NaN or inf ({tensors[0]}{' and more' if len(tensors) > 1 else ''})" if tensors else "overflow"
-    where = "the synthetic clip" if clip_name == "synthetic" else clip_name
-    models = f"the {' and '.join(bad)} model{'s give' if len(bad) > 1 else ' gives'}"
-    raise ValidationFailed(f"{models} non-finite logits (NaN or inf) on {where}: {cause}")
-
-
-def default_output(source_name: str, r1: int) -> Path:
-    return Path(f"{source_name}-sta-r{r1}")
 
 
 @torch.no_grad()
@@ -164,7 +96,7 @@ def prune(
     log(f"loading weights ({', '.join(p.name for p in source.weights)})")
     model = build_from_source(source, STAConfig())  # unpruned first: the reference
     if r1 is None and base is None:  # the default depends on the model's token grid
-        sta = sta_config(None, paper_r1(model), **sta_options)
+        sta = task_sta(None, model, None, **sta_options)
         out = Path(out) if out is not None else default_output(source.name, sta.r1)
         outputs.check_folder_target(out, force)
     unpruned_tokens, unpruned_flops = model.tokens_per_stage, gflops(model)

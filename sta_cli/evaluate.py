@@ -40,6 +40,7 @@ from .flops import FLOPS_LABEL, gflops
 from .io import outputs
 from .io import video as video_io
 from .pruning import STAConfig
+from .runtime.loading import paper_r1, sta_config
 
 PATH_COLUMNS = ("path", "video", "video_path", "file", "filename", "clip")
 LABEL_COLUMNS = ("label", "label_id", "class", "class_name", "category", "action")
@@ -58,8 +59,6 @@ def parse_views(text: str | Sequence[int]) -> tuple[int, int]:
 
 def default_r1s(model: nn.Module) -> list[int]:
     """Half the paper's setting and the paper's setting, scaled to the model (ViT-B: 32, 64)."""
-    from .api import paper_r1
-
     full = paper_r1(model)
     return sorted({max(1, round(full / 2)), full})
 
@@ -523,7 +522,6 @@ def evaluate(
     else 32 and 64. Other keyword arguments are STAConfig options applied to every pruned setting.
     Run under torchrun to shard the work over processes; every rank returns the same summary.
     """
-    from .api import sta_config
     from .io.checkpoints import resolve
     from .models import build_from_source
 

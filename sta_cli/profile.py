@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .api import check_finite, compare, top_labels, count_params, paper_r1, sta_config
+from .runtime.loading import sta_config, task_sta
+from .runtime.predict import check_finite, compare, count_params, top_labels
 from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
@@ -336,7 +337,7 @@ def profile(
     """Profile `model` (alias, Hub id, folder, weights file or sta artifact) on the video `clip`.
 
     No model: the packaged demo model. No clip: the demo's sample clip, else a synthetic clip.
-    r1 None: an artifact's own r1, or `api.paper_r1` (the paper's 64 of 196, scaled) for a plain model.
+    r1 None: an artifact's own r1, or `runtime.loading.paper_r1` (the paper's 64 of 196, scaled) for a plain model.
     threads: CPU threads for torch and ONNX Runtime (default: torch's default). On a busy machine
     fewer threads give steadier numbers: small parallel ops, like STA's scoring, wait for every
     thread of the pool and suffer most when one is descheduled.
@@ -393,14 +394,10 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     source = resolve(str(model), revision=revision, token=token, arch=arch)
     net = build_from_source(source, STAConfig()).to(dev)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
+    sta = task_sta(base, net, r1, **sta_options)
     if r1 is None:
-        if base is not None:
-            r1 = base.r1
-            say(f"r1={r1}: the artifact's own setting")
-        else:
-            r1 = paper_r1(net)
-            say(f"r1={r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)")
-    sta = sta_config(base, r1, **sta_options)
+        say(f"r1={sta.r1}: the artifact's own setting" if base is not None else
+            f"r1={sta.r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)")
     net.set_sta(sta)  # validates r1 (and any sweep value, below) before the heavy work
     for v in sweep_values or []:
         net.set_sta(sta_config(sta, v))

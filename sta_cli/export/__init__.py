@@ -31,6 +31,9 @@ from ..io import artifact as art
 from ..io import outputs
 from ..io.artifact import model_config
 from ..io.checkpoints import resolve
+from ..models import build_from_source
+from ..pruning import STAConfig
+from ..runtime.loading import default_output, sample_clip, task_sta
 from .graph import ExportModule, example_input, io_spec, output_names
 from .quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
 from .validate import Case, Check, enforce, format_block, validate
@@ -115,17 +118,9 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
             )
     log(f"loading {source}")
     src = resolve(str(source), revision=revision, token=token, arch=arch)
-    from ..api import from_source
-
-    if artifact is not None:
-        model = from_source(src)
-    elif r1 is None:  # as `sta prune`: the paper's setting scaled to the model's token grid
-        from ..api import paper_r1, sta_config
-
-        model = from_source(src, 0, **sta_options)
-        model.set_sta(sta_config(model.sta, paper_r1(model)))
-    else:
-        model = from_source(src, r1, **sta_options)
+    base = STAConfig.from_dict(src.sta) if src.is_artifact else None
+    model = build_from_source(src, STAConfig())
+    model.set_sta(task_sta(base, model, r1, **sta_options))
     return model.eval(), artifact
 
 
@@ -145,8 +140,6 @@ def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force
     """Where the files go and how: ("into", folder) adds files to the model's own artifact, an sta
     export folder of the same model, or an empty folder; ("new", folder) creates the folder (or with
     --force replaces another sta output)."""
-    from ..api import default_output
-
     if out is None:
         out = artifact if artifact is not None else default_output(model.source_name, model.sta.r1)
     out = Path(out)
@@ -188,8 +181,6 @@ def replaced_note(folder: Path, format: str) -> str | None:
 
 def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, clip) -> list[Case]:
     """The sample clip (synthetic unless `clip`) and random batches of 1 and 3 (or of the fixed batch)."""
-    from ..api import sample_clip
-
     x, name = sample_clip(model, clip)
     name = "synthetic clip" if name == "synthetic" else f"clip {name}"
     if batch is not None and batch != x.shape[0]:
