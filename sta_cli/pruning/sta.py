@@ -1,4 +1,4 @@
-"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; reference-notes §1).
+"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; docs/algorithm.md).
 
 Nothing here knows about models: the backbone hands over a stage's tokens, a similarity feature
 and the stage plan, and gets back the indices of the tokens to keep. Every shape is static (top-k
@@ -25,10 +25,37 @@ from .config import STAConfig, Stage
 score_record: list | None = None
 
 
+def single_threaded(fn):
+    """Run a scoring function with one intra-op CPU thread in eager mode.
+
+    Scoring works on a few thousand numbers per op (group-sized softmaxes, sorts, matmuls), and
+    several of these ops still open a parallel region when torch has 2+ threads: the fork/join
+    costs more than the work, and on a busy machine an op waits for a descheduled thread (on the
+    demo model, 2 threads made scoring ~2x slower than 1). Every op computes each output element
+    on one thread either way, so the results are the same bits. Compiled and traced graphs are
+    left alone (the compiler schedules them).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return fn(*args, **kwargs)
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 def semantic_weight(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Activation map |x|.sum(-1), min-max normalised within each group (Eq. 4). (B, N, d) -> (B, G, n)."""
     a = x.float().abs().sum(-1).unflatten(1, (groups, -1))
-    lo, hi = a.amin(-1, keepdim=True), a.amax(-1, keepdim=True)
+    lo, hi = a.aminmax(dim=-1, keepdim=True)  # one pass for both
     return (a - lo) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
 
 
@@ -41,7 +68,7 @@ def bipartite_drop_order(metric: torch.Tensor) -> torch.Tensor:
     """
     n = metric.shape[1]
     a, b = metric[:, ::2], metric[:, 1::2]
-    best = (a @ b.transpose(-1, -2)).amax(-1)  # (B, ceil(n/2))
+    best = torch.bmm(a, b.transpose(-1, -2)).amax(-1)  # (B, ceil(n/2))
     odds = torch.arange(1, n, 2, device=metric.device)
     a_sorted = 2 * stable_argsort(best)  # A's i-th token is token 2i of the group
     return torch.cat([odds.expand(a_sorted.shape[0], -1), a_sorted], 1)
@@ -78,19 +105,33 @@ def grid_drop_key(uniform: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     return uniform + (uniform > cell_min).to(uniform.dtype)
 
 
-def accumulate(
-    metric: torch.Tensor, prev_metric: torch.Tensor, prev_score: torch.Tensor | None
-) -> torch.Tensor:
+def visit_affinities(metric: torch.Tensor, visit: list[int]) -> tuple[torch.Tensor, ...]:
+    """Cosine affinity of every visited group with the group visited before it, in one batched
+    matmul. (B, G, n, c) L2-normalised -> G - 1 tensors (B, n, n): [i][b, j, l] = <token j of
+    group visit[i + 1], token l of group visit[i]>.
+
+    The Markov chain needs each group against the previous group's KEPT tokens only; those are
+    columns of this matrix (gathered in `accumulate`). Every entry is the same dot product a
+    per-group product with the gathered tokens computes (same kernel, same length-c reduction),
+    so the chain's scores are unchanged, and G - 1 small matmuls become one.
+    """
+    ordered = metric.flip(1) if visit[0] else metric  # visiting order: backward stages start at G - 1
+    return torch.matmul(ordered[:, 1:], ordered[:, :-1].transpose(-1, -2)).unbind(1)
+
+
+def accumulate(affinity: torch.Tensor, prev_kept: torch.Tensor | None, prev_score: torch.Tensor | None) -> torch.Tensor:
     """Markov step of the temporal accumulation (Eq. 3). -> (B, n) accumulated redundancy.
 
-    metric (B, n, c) and prev_metric (B, p, c) are L2-normalised, prev_score (B, p) sums to 1 per
-    sample, or None for the reference's second group, where it is a column of ones over all of the
-    first group's tokens. The transition softmax runs over the CURRENT group's tokens.
+    affinity (B, n, n) against all of the previous group's tokens (`visit_affinities`), prev_kept
+    (B, p) the ones it kept, in its order, and prev_score (B, p) their scores, summing to 1 per
+    sample; both None for the reference's second group, where the score is a column of ones over
+    ALL of the first group's tokens. The transition softmax runs over the CURRENT group's tokens.
     """
-    transition = (metric @ prev_metric.transpose(-1, -2)).softmax(dim=1)  # (B, n, p)
-    if prev_score is None:
-        return transition.sum(-1)
-    return (transition @ prev_score[..., None])[..., 0]
+    if prev_kept is None:
+        return affinity.softmax(dim=1).sum(-1)
+    B, n, _ = affinity.shape
+    transition = affinity.gather(2, prev_kept[:, None, :].expand(B, n, -1)).softmax(dim=1)  # (B, n, p)
+    return torch.bmm(transition, prev_score[..., None]).squeeze(-1)
 
 
 def keep_lowest(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -98,6 +139,7 @@ def keep_lowest(score: torch.Tensor, keep: int) -> torch.Tensor:
     return stable_argsort(score)[:, :keep]
 
 
+@single_threaded
 def similarity_feature(kind: str, x: torch.Tensor, qkv: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The feature f behind token affinities: attention q/k/v averaged over heads, or the block output."""
     if kind == "feature":
@@ -137,6 +179,7 @@ def first_group_order(
     return drop_last_order(grid_drop_key(uniform, cells), r)
 
 
+@single_threaded
 def stage_keep_indices(
     x: torch.Tensor,
     metric: torch.Tensor,
@@ -162,16 +205,20 @@ def stage_keep_indices(
     positions = positions.unflatten(1, (G, n))
     visit = list(range(G - 1, -1, -1)) if stage.backward else list(range(G))
 
+    if cfg.score == "sta":  # Eq. 5's semantic factor, for every group in one op
+        keep_weight = 1 - semantic
+
     kept: dict[int, torch.Tensor] = {}  # group -> (B, keep) indices within the group
     first = visit[0]
     order = first_group_order(metric[:, first], positions[:, first], r, cfg, stage_index, grid_hw)
     kept[first] = order[:, :keep]
-    prev_metric, prev_score = metric[:, first], None  # all n first-group tokens (order is irrelevant)
-    scores: dict[int, torch.Tensor] = {}
-    for g in visit[1:]:
-        redundancy = accumulate(metric[:, g], prev_metric, prev_score)  # (B, n)
+    affinities = visit_affinities(metric, visit) if G > 1 else ()
+    prev_kept, prev_score = None, None  # the second group sees all n first-group tokens
+    scores: dict[int, torch.Tensor] = {}  # for `score_record` only
+    for i, g in enumerate(visit[1:]):
+        redundancy = accumulate(affinities[i], prev_kept, prev_score)  # (B, n)
         if cfg.score == "sta":
-            score = redundancy * (1 - semantic[:, g])  # Eq. 5
+            score = redundancy * keep_weight[:, g]  # Eq. 5
         elif cfg.score == "temporal":
             score = redundancy
         elif cfg.score == "semantic":
@@ -181,18 +228,26 @@ def stage_keep_indices(
         idx = keep_lowest(score, keep)
         if score_record is not None:
             scores[g] = score
-        kept[g] = idx
-        prev_metric = metric[:, g].gather(1, idx[..., None].expand(-1, -1, metric.shape[-1]))
+        kept[g] = prev_kept = idx
         prev_score = redundancy.gather(1, idx)
         prev_score = prev_score / prev_score.sum(-1, keepdim=True)
     if score_record is not None:
         score_record.append(dict(stage=stage_index, positions=positions.flatten(1), metric=metric[:, first], first=first, scores=scores, cfg=cfg))
-    offsets = torch.arange(G, device=x.device) * n
-    return torch.cat([kept[g] + offsets[g] for g in range(G)], 1)
+    offsets = torch.arange(0, N, n, device=x.device)[:, None]  # (G, 1): group g starts at g * n
+    return (torch.stack([kept[g] for g in range(G)], 1) + offsets).flatten(1)
 
 
 def gather_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[b, idx[b]] for (B, N, ...) and (B, K) -> (B, K, ...)."""
+    """t[b, idx[b]] for (B, N, ...) and (B, K) -> (B, K, ...).
+
+    Rows are copied whole by index_select over the flattened batch: several times faster than an
+    element-wise gather with an expanded index, in eager and in ONNX Runtime (Gather, not
+    GatherElements). The values are the same copies either way.
+    """
     if t.dim() == 2:
         return t.gather(1, idx)
-    return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+    N = t.shape[1]
+    # Row b * N + idx[b, k]. The offsets come from a cumulative sum, not arange(B): an ONNX Range
+    # over the dynamic batch would leave shapes that shape inference cannot resolve statically.
+    offsets = (torch.ones_like(idx[:, :1]).cumsum(0) - 1) * N  # (B, 1): 0, N, 2N, ...
+    return t.flatten(0, 1).index_select(0, (idx + offsets).flatten()).unflatten(0, idx.shape)
