@@ -2,7 +2,8 @@
 
 `sta export --format onnx --quantize int8` writes `model.int8.onnx` beside `model.onnx`. Only the
 MatMul / Gemm nodes whose second input is a stored weight (the linear layers: qkv, attention
-projection, MLP, head) become DynamicQuantizeMatMul / MatMulInteger; every product of two activations
+projection, MLP, head) are handed to the quantiser; the MatMuls become MatMulInteger (a Gemm head
+stays float32: the dynamic scheme has no integer Gemm). Every product of two activations
 (attention scores, attention x values, STA's token similarities and its transition matrix) stays a
 float32 MatMul, so the scores that decide which tokens are kept are float32 arithmetic on the
 (int8-approximated) block outputs. Weights are quantised per output channel to signed int8;
@@ -34,7 +35,7 @@ from .validate import TIE_TOL, Case, Check, StageScores, _set_overlap, near_tie_
 INT8_FILE = "model.int8.onnx"
 QUANTIZE_CHOICES = ("int8",)
 LINEAR_OPS = ("MatMul", "Gemm")
-INT8_OPS = ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeLinear")
+INT8_OPS = ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")
 
 
 def check_quantize(quantize: str | None, format: str, fp16: bool, max_accuracy_drop: float | None = None,
@@ -107,7 +108,7 @@ def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
     finally:
         quiet.setLevel(level)
     ops = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
-    quantized = ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulInteger", 0) + ops.get("MatMulIntegerToFloat", 0)
+    quantized = sum(ops.get(op, 0) for op in INT8_OPS)
     return QuantizeReport(dst.name, len(linear), quantized, activation, bytes=dst.stat().st_size)
 
 
@@ -117,7 +118,7 @@ def int8_graph_checks(path: Path, report: QuantizeReport) -> list[Check]:
 
     proto = onnx.load(str(path), load_external_data=False)
     constants = _constants(proto.graph)
-    ints = [n for n in proto.graph.node if n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")]
+    ints = [n for n in proto.graph.node if n.op_type in INT8_OPS]
     weights_only = all(n.input[1] in constants for n in ints)
     float_left = sum(1 for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in constants)
     scores_float = float_left == report.float_matmuls
