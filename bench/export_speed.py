@@ -85,6 +85,7 @@ def session(path: Path, threads: int, profile: bool = False):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle spinning steals the next run's CPU
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(path.with_suffix(""))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
+from .log import Log, quiet
 from .errors import StaError, ValidationFailed
 from .flops import FLOPS_LABEL, gflops
 from .io import outputs
@@ -19,13 +19,10 @@ from .io.artifact import ARTIFACT, write_manifest, write_model
 from .io.checkpoints import Source, resolve
 from .io.video import load_clip, synthetic_clip
 from .models import build_from_source
+from .models.overrides import ArchOverrides
 from .pruning import STAConfig
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:
@@ -41,14 +38,21 @@ def load(
     revision: str | None = None,
     token: str | bool | None = None,
     device: str | torch.device = "cpu",
+    num_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
+    mean: tuple[float, float, float] | str | None = None,
+    std: tuple[float, float, float] | str | None = None,
     **sta_options,
 ) -> nn.Module:
     """Load a model in eval mode: an alias, Hub repo id, local folder or weights file, or an artifact.
 
     r1 = None keeps an artifact's pruning settings (and means no pruning for a plain checkpoint);
-    r1 = 0 is always the unpruned model. Other keyword arguments are STAConfig fields.
+    r1 = 0 is always the unpruned model. num_heads, image_size, num_frames, mean and std set what
+    the weights cannot tell (and override a config). Other keyword arguments are STAConfig fields.
     """
-    source = resolve(str(spec), revision=revision, token=token)
+    arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
+    source = resolve(str(spec), revision=revision, token=token, arch=arch)
     return from_source(source, r1, **sta_options).to(device)
 
 
@@ -84,16 +88,16 @@ def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> dict:
     return {"top1_agreement": top1, f"top{k}_overlap": overlap, "logit_cosine": cosine}
 
 
-def top_labels(model: nn.Module, logits: torch.Tensor, k: int = 5) -> list[dict]:
-    probs = logits.float().softmax(-1)[0]
-    p, i = probs.topk(min(k, probs.numel()))
+def top_labels(model: nn.Module, probs: torch.Tensor, k: int = 5) -> list[dict]:
+    """The k most probable labels of one prediction (probs: (classes,))."""
+    p, i = probs.float().topk(min(k, probs.numel()))
     return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
 
 
 def paper_r1(model: nn.Module) -> int:
     """The paper's headline setting scaled to the model: 64 of ViT-B's 196 tokens per frame, as a share
     of the tokens per temporal slice where pruning starts (Video Swin: 256 of 28x28; the demo: 21 of 64)."""
-    _, h, w = model.cfg.stage_grids[1] if hasattr(model.cfg, "stage_grids") else model.cfg.grid
+    _, h, w = model.pruning_grid
     return max(1, round(64 * h * w / 196))
 
 
@@ -123,20 +127,27 @@ def prune(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
+    num_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
+    mean: tuple[float, float, float] | str | None = None,
+    std: tuple[float, float, float] | str | None = None,
     **sta_options,
 ) -> dict:
     """Prune `spec` with STA and write an artifact folder. Returns the report (also in OUT/report.json).
 
-    r1 = None keeps an artifact's setting, and otherwise takes `paper_r1(model)`.
+    r1 = None keeps an artifact's setting, and otherwise takes `paper_r1(model)`. num_heads,
+    image_size, num_frames, mean and std: as for `load`.
 
     Validates on a sample clip: the artifact reloaded with r1 = 0 must reproduce the source
     checkpoint exactly, and the pruned model is compared with the unpruned one.
     """
     if out is not None:
         outputs.check_folder_target(Path(out), force)
+    arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
     log(f"resolving {spec}")
-    source = resolve(str(spec), revision=revision, token=token)
+    source = resolve(str(spec), revision=revision, token=token, arch=arch)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     if r1 is not None or base is not None:
         sta = sta_config(base, r1, **sta_options)
@@ -169,7 +180,8 @@ def prune(
     report = {
         "sta_version": __version__,
         "source": {"spec": str(spec), "name": source.name, "hub": source.hub, "files": [p.name for p in source.weights]},
-        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict()},
+        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict(),
+                  "provenance": model.provenance},
         "sta": sta.to_dict(),
         "tokens": {"unpruned": unpruned_tokens, "pruned": model.tokens_per_stage},
         "gflops": {
@@ -181,8 +193,8 @@ def prune(
         "validation": {
             "clip": clip_name,
             "kept_tokens_per_stage": kept,
-            "top5_unpruned": top_labels(model, ref),
-            "top5_pruned": top_labels(model, pruned),
+            "top5_unpruned": top_labels(model, ref.float().softmax(-1)[0]),
+            "top5_pruned": top_labels(model, pruned.float().softmax(-1)[0]),
             **compare(ref, pruned),
             "seconds_one_clip_cpu": {"unpruned": round(t_unpruned, 4), "pruned": round(t_pruned, 4)},
         },

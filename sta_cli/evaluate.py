@@ -41,7 +41,6 @@ from .io import outputs
 from .io import video as video_io
 from .pruning import STAConfig
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts"}
 PATH_COLUMNS = ("path", "video", "video_path", "file", "filename", "clip")
 LABEL_COLUMNS = ("label", "label_id", "class", "class_name", "category", "action")
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE = "run.json", "predictions.jsonl", "summary.json"
@@ -140,7 +139,7 @@ def _read_folder(folder: Path) -> list[_Raw]:
     raws = []
     for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(cls.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith("."):
+            if f.is_file() and f.suffix.lower() in video_io.VIDEO_SUFFIXES and not f.name.startswith("."):
                 name = f.relative_to(folder).as_posix()
                 raws.append(_Raw(name, f, cls.name, f"folder {cls.name}/"))
     return raws
@@ -514,6 +513,7 @@ def evaluate(
     precision: str = "fp32",
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     progress: Progress | None = None,
     **sta_options,
 ) -> dict:
@@ -541,7 +541,7 @@ def evaluate(
         raws = dist_ctx.agree(lambda: read_entries(dataset, root))
 
         def load():
-            source = resolve(str(model), revision=revision, token=token)
+            source = resolve(str(model), revision=revision, token=token, arch=arch)
             base = STAConfig.from_dict(source.sta) if source.is_artifact else None
             net = build_from_source(source, STAConfig())
             chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else default_r1s(net))

@@ -20,18 +20,19 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..log import Log, quiet
 from ..errors import StaError, ValidationFailed
 from ..io import artifact as art
 from ..io import outputs
 from ..io.artifact import model_config
 from ..io.checkpoints import resolve
 from .graph import ExportModule, example_input, io_spec, output_names
+from .quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
 from .validate import Case, Check, enforce, format_block, validate
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
@@ -40,11 +41,7 @@ DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
 DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _first_line(e: Exception) -> str:
@@ -105,7 +102,7 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log):
+def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None):
     """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
     path = Path(str(source)).expanduser()
     artifact = path if art.is_artifact(path) else None
@@ -117,7 +114,7 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
                 "apply to --model (or re-run sta prune)"
             )
     log(f"loading {source}")
-    src = resolve(str(source), revision=revision, token=token)
+    src = resolve(str(source), revision=revision, token=token, arch=arch)
     from ..api import from_source
 
     if artifact is not None:
@@ -221,19 +218,25 @@ def export(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
+    log: Log = quiet,
+    quantize: str | None = None,
+    max_accuracy_drop: float | None = None,
+    accuracy_clips: int | None = None,
     **sta_options,
 ) -> dict:
     """Export `source` (an artifact folder, or a model spec with r1 and STA options) and validate it.
 
     Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
-    bad input and ValidationFailed when the export does not reproduce PyTorch.
+    bad input and ValidationFailed when the export does not reproduce PyTorch. quantize="int8" (ONNX)
+    also writes model.int8.onnx, validated against the float32 model (see export/quantize.py).
     """
     check_arguments(format, opset, batch, atol, device)
+    check_quantize(quantize, format, fp16, max_accuracy_drop, accuracy_clips)
     atol = atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL)
     if out is not None:  # fail before loading anything
         check_out(Path(out), force)
-    model, artifact = load_source(source, r1, revision, token, sta_options, log)
+    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32
@@ -244,8 +247,9 @@ def export(
     filename = FORMATS[format]
 
     config = {**model_config(model), "format": art.EXPORT, "sta": settings}  # for a new folder
-    files, entry = [filename, filename + ".data"], {}
-    finalize = lambda tmp: write_records(tmp, folder, config, format, entry)  # noqa: E731
+    files = [filename, filename + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if quantize else [])
+    entries: dict[str, dict] = {}  # this run's entries of config.json's "exports"
+    finalize = lambda tmp: write_records(tmp, folder, config, entries, files)  # noqa: E731
     if mode == "into":
         outputs.check_files(folder, files, force)
         note = replaced_note(folder, format) if force else None
@@ -316,9 +320,9 @@ def export(
         eager = ExportModule(model.to(dev)).eval()
         ref_run = lambda x: list(eager(x.to(dev, torch.float32)))  # noqa: E731
         report["reference"] = f"PyTorch float32 eager ({dev})"
+        cases = validation_cases(model, batch, dtype, clip) if validate_outputs else []
         if validate_outputs:
             log(f"validating against {report['reference']} ({report['runtime']})")
-            cases = validation_cases(model, batch, dtype, clip)
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
             result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
         else:
@@ -333,7 +337,7 @@ def export(
         except ValidationFailed as e:
             e.report = report  # the CLI prints the block before the error line
             raise
-        entry.update({
+        entries[format] = {
             "file": filename,
             "dtype": report["dtype"],
             "batch": report["batch"],
@@ -344,25 +348,50 @@ def export(
             "validated": validate_outputs,
             "max_abs_diff": result["max_abs_diff"],
             "sta_version": __version__,
-        })
+        }
+        if quantize:
+            entries["onnx_int8"] = add_int8(report, path, model, ref_run, cases[0] if cases else None, names, batch,
+                                            DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
+                                            DEFAULT_ACCURACY_CLIPS if accuracy_clips is None else accuracy_clips,
+                                            allow_mismatch, log)
     report["output"] = str(folder)
     report["files"] = {"model": str(folder / filename), "config": str(folder / "config.json")}
     if (folder / (filename + ".data")).exists() and format == "onnx":
         report["files"]["weights"] = str(folder / (filename + ".data"))
+    if quantize:
+        report["files"]["int8"] = str(folder / INT8_FILE)
     return report
 
 
-def write_records(tmp: Path, folder: Path, config: dict, format: str, entry: dict) -> None:
+def write_records(tmp: Path, folder: Path, config: dict, entries: dict[str, dict], files: list[str]) -> None:
     """The writer's last step (under the publishing lock when adding to an existing folder): the
-    folder's config.json with this export's entry, and the manifest with the new files' checksums."""
+    folder's config.json with this run's export entries, and the manifest with the new files' checksums."""
     existing = art.sta_kind(folder) is not None and folder.is_dir()
     current = (_read_config(folder) if existing else None) or config
-    current = {**current, "sta": config["sta"], "exports": {**(current.get("exports") or {}), format: entry}}
+    current = {**current, "sta": config["sta"], "exports": {**(current.get("exports") or {}), **entries}}
     outputs.write_json(tmp / "config.json", current)
-    new = [FORMATS[format], FORMATS[format] + ".data", "config.json"]
+    new = [*files, "config.json"]
     old = (art.manifest(folder) or {}).get("files", {}) if existing else {}
     kind = (art.sta_kind(folder) if existing else None) or art.EXPORT
     art.write_manifest(tmp, kind, new, {k: v for k, v in old.items() if k not in new})
+
+
+def add_int8(report: dict, path: Path, model, reference, case, names, batch, max_drop: float, clips: int,
+             allow_mismatch: bool, log: Log) -> dict:
+    """model.int8.onnx beside `path`, validated; its checks join the report's block. Returns its
+    config.json entry."""
+    entry, result, runtime = write_int8(path, model, reference, case, names, batch, max_drop, clips, log)
+    report["int8"] = {**entry, "runtime": runtime, "validation": result}
+    report["validation_block"] += format_block(
+        result, f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report['reference']}..."
+    )
+    try:
+        enforce(result, allow_mismatch)
+    except ValidationFailed as e:
+        failed = ValidationFailed(f"{INT8_FILE}: {e}")
+        failed.report = report  # the CLI prints the block before the error line
+        raise failed from None
+    return {**entry, "runtime": runtime, "sta_version": __version__}
 
 
 def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
@@ -374,7 +403,10 @@ def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
         Check(f"graph: opset {graph['opset']}, {graph['nodes']} nodes, {graph['topk']} TopK, {forbidden}", ops_ok),
     ]
     expected = model.tokens_per_stage
-    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(expected[1:]))
+    # One kept_positions output per STA stage: an unpruned model has none, even where (Video Swin)
+    # its token count changes from stage to stage by patch merging.
+    planned = [s.tokens_out for s in model.stages]
+    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned))
     # Every tensor numeric once the batch is fixed, and the kept_positions outputs declare the planned counts.
     static = not graph["not_static"] and outputs_static
     detail = " -> ".join(map(str, expected))

@@ -161,6 +161,8 @@ def ort_session(path: Path, device: str, threads: int | None = None):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle threads spinning after a run would steal CPU from whatever runs next (PyTorch, another session).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

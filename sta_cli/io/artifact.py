@@ -132,6 +132,7 @@ def model_config(model: nn.Module) -> dict:
         "labels": list(model.labels),
         "preprocessing": dict(model.preprocessing),
         "source": getattr(model, "source_name", None),
+        "provenance": getattr(model, "provenance", None),  # where input size, heads, normalisation came from
     }
 
 

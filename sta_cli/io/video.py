@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from ..errors import StaError
 
 # Show a progress bar (stderr) when decoding at least this many frames or counting a file this big.
+# What sta takes for a video when it looks through a folder (eval datasets, the demo's sample).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
 PROGRESS_MIN_FRAMES = 300
 PROGRESS_MIN_BYTES = 64 << 20
 # A stream that ends before this share of what its header announces is reported as truncated.

@@ -20,6 +20,10 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .config import STAConfig, Stage
 
+# Off (None) unless export validation sets a list: each stage then appends what it ranked tokens by,
+# so a swap of near-tied tokens in an exported graph can be told from a real divergence.
+score_record: list | None = None
+
 
 def semantic_weight(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Activation map |x|.sum(-1), min-max normalised within each group (Eq. 4). (B, N, d) -> (B, G, n)."""
@@ -163,6 +167,7 @@ def stage_keep_indices(
     order = first_group_order(metric[:, first], positions[:, first], r, cfg, stage_index, grid_hw)
     kept[first] = order[:, :keep]
     prev_metric, prev_score = metric[:, first], None  # all n first-group tokens (order is irrelevant)
+    scores: dict[int, torch.Tensor] = {}
     for g in visit[1:]:
         redundancy = accumulate(metric[:, g], prev_metric, prev_score)  # (B, n)
         if cfg.score == "sta":
@@ -174,10 +179,14 @@ def stage_keep_indices(
         else:  # random baseline: a fixed draw per (seed, stage, group)
             score = random_uniform(n, cfg.seed, 100 * (stage_index + 1) + g, x.device).expand(B, n)
         idx = keep_lowest(score, keep)
+        if score_record is not None:
+            scores[g] = score
         kept[g] = idx
         prev_metric = metric[:, g].gather(1, idx[..., None].expand(-1, -1, metric.shape[-1]))
         prev_score = redundancy.gather(1, idx)
         prev_score = prev_score / prev_score.sum(-1, keepdim=True)
+    if score_record is not None:
+        score_record.append(dict(stage=stage_index, positions=positions.flatten(1), metric=metric[:, first], first=first, scores=scores, cfg=cfg))
     offsets = torch.arange(G, device=x.device) * n
     return torch.cat([kept[g] + offsets[g] for g in range(G)], 1)
 
