@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StaError
-from ..models.overrides import log
-from ..models.overrides import ArchOverrides
+from ..models.overrides import ArchOverrides, log
 from ..models.registry import ALIASES, Alias
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
