@@ -45,8 +45,18 @@ def max_diff(model, clip, reference) -> float:
 
 
 def run_cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "sta_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=timeout)
+    """The CLI in a subprocess when the environment matters (Hugging Face settings are read at import),
+    else in-process. Either way: .returncode, .stdout, .stderr."""
+    if env is not None:
+        return subprocess.run([sys.executable, "-m", "sta_cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+    from typer.testing import CliRunner
+
+    from sta_cli.cli import app
+
+    r = CliRunner().invoke(app, list(map(str, args)))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 def error_lines(r) -> list[str]:
@@ -407,7 +417,7 @@ def test_bad_option_values():
 
 def test_arch_options_on_every_command():
     for command in ("prune", "export", "profile", "eval"):
-        r = run_cli(command, "--help", env={**os.environ, "COLUMNS": "200"})
+        r = run_cli(command, "--help")
         assert r.returncode == 0
         for option in ("--num-heads", "--image-size", "--num-frames", "--mean", "--std"):
             assert option in r.stdout, (command, option)
@@ -437,3 +447,11 @@ def test_unreachable_hub_fails_fast(tmp_path, hub_folder):
     r = run_cli("prune", "--model", "someone/cached", "--r1", "1", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
     assert "the Hub is unreachable" in r.stderr and "using someone/cached from the local cache" in r.stderr
+
+
+def test_options_on_an_artifact_follow_into_preprocessing(tmp_path):
+    model = sta_cli.load("demo", image_size=32, num_frames=8, mean=(0.4, 0.4, 0.4))
+    pre = model.preprocessing
+    assert (model.cfg.image_size, model.cfg.num_frames) == (32, 8)
+    assert (pre["crop_size"], pre["short_side"], pre["num_frames"], pre["mean"]) == (32, 32, 8, [0.4, 0.4, 0.4])
+    assert model.provenance["values"]["image_size"] == {"value": 32, "from": "option"}

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import StaError
-from ..models.overrides import log
-from ..models.overrides import ArchOverrides
+from ..models.overrides import ArchOverrides, log
 from ..models.registry import ALIASES, Alias
 from . import artifact
 

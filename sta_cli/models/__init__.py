@@ -93,7 +93,7 @@ def _labels(config: dict, num_classes: int, prov: Provenance, dataset: str | Non
 
 
 def _preprocessing(source, num_frames: int, image_size: int, short_side: int, stride: int, arch: ArchOverrides,
-                   prov: Provenance, fair_default: str | None, what: str) -> dict:
+                   prov: Provenance, family: str) -> dict:
     """How clips are sampled and normalised (sta's spelling); mean/std from an option, the
     preprocessor_config.json, or the released models' ImageNet values."""
     pre = source.preprocessor if isinstance(source.preprocessor, dict) else {}
@@ -107,10 +107,22 @@ def _preprocessing(source, num_frames: int, image_size: int, short_side: int, st
         elif f"image_{name}" in pre:
             value, origin, why = tuple(pre[f"image_{name}"]), CONFIG, None
         else:
-            value, origin, why = default, ASSUMED, f"ImageNet, as {fair_default} was trained"
+            value, origin, why = default, ASSUMED, f"ImageNet, as {family} was trained"
         out[name] = list(ArchOverrides.parse(**{name: value}).given()[name])
         prov.set(name, tuple(out[name]), origin, why)
     return out
+
+
+def _overridden(pre: dict, cfg, arch: ArchOverrides) -> dict:
+    """A config's preprocessing, following explicit options (input size, frames, mean, std)."""
+    pre = dict(pre)
+    if arch.image_size is not None and pre.get("crop_size"):
+        pre["short_side"] = round(pre.get("short_side", pre["crop_size"]) * arch.image_size / pre["crop_size"])
+        pre["crop_size"] = arch.image_size
+    if arch.num_frames is not None:
+        pre["num_frames"] = cfg.num_frames
+    pre.update({k: list(v) for k, v in (("mean", arch.mean), ("std", arch.std)) if v is not None})
+    return pre
 
 
 def _repo_ids(source) -> set[str]:
@@ -217,10 +229,10 @@ def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: Ar
     model.set_sta(sta)
     model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
     if isinstance(config.get("preprocessing"), dict):
-        model.preprocessing = dict(config["preprocessing"])
+        model.preprocessing = _overridden(config["preprocessing"], cfg, arch)
     else:
         stride = _stride(source, cfg.num_classes, 4, prov)
-        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE", what)
+        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE")
     return model
 
 
@@ -276,12 +288,12 @@ def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: A
     model.set_sta(sta)
     model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
     if isinstance(config.get("preprocessing"), dict):
-        model.preprocessing = dict(config["preprocessing"])
+        model.preprocessing = _overridden(config["preprocessing"], cfg, arch)
     else:
         # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
         short = round(cfg.image_size * 256 / 224)
         stride = _stride(source, cfg.num_classes, 2, prov)
-        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin", what)
+        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin")
     return model
 
 
