@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -29,7 +30,8 @@ from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
 from .runtime import ort
-from .io.artifact import sta_kind, verify
+from .io import outputs
+from .io.artifact import MANIFEST, manifest, sta_kind, verify, write_manifest
 from .io.checkpoints import resolve
 from .io.video import VIDEO_SUFFIXES, VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
 from .models import build_from_source
@@ -253,31 +255,72 @@ def time_int8(path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, bat
 
 def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None,
                        threads: int | None, say: Log) -> dict | None:
-    """Export `model` unpruned to a temporary ONNX file (same opset as the pruned one) and time it."""
-    import tempfile
-
+    """Time `model` unpruned in ONNX Runtime (same opset as the pruned graph). Its export is kept beside
+    the artifact, keyed by the weights' checksum, and reused by the next profile."""
     try:
         import onnx
-
-        from .export.onnx import export_onnx
 
         opset = next((o.version for o in onnx.load(str(pruned_path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 18)
     except ImportError as e:
         say(f"cannot export the unpruned model for ONNX Runtime ({e}); its column stays empty")
         return None
     model.set_sta(STAConfig())
+    cached = unpruned_cache_path(pruned_path, opset)
+    if cached is not None and cached.is_file():
+        verify(cached.parent, [cached.name, cached.name + ".data"])
+        say(f"reusing the unpruned export {cached} (made for these weights by an earlier sta profile)")
+        return _time_unpruned(cached, x, batch, runs, threads, reused=True)
     cpu_model = model if x.device.type == "cpu" else copy.deepcopy(model).cpu()
-    with tempfile.TemporaryDirectory(prefix="sta-profile-") as tmp:
-        path = Path(tmp) / "unpruned.onnx"
-        try:
-            export_onnx(cpu_model, path, opset=opset, batch=None, metadata={})
-        except StaError as e:
-            say(f"the unpruned model did not export to ONNX ({e}); its ONNX Runtime column stays empty")
-            return None
-        session = onnx_session(path, threads)
-        name, feed, _ = onnx_input(session, x, batch)
-        timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
+    try:
+        path = _export_unpruned(cpu_model, opset, cached)
+    except StaError as e:
+        say(f"the unpruned model did not export to ONNX ({e}); its ONNX Runtime column stays empty")
+        return None
+    if cached is not None:
+        say(f"kept the unpruned export as {cached} for the next profile")
+        return _time_unpruned(cached, x, batch, runs, threads, reused=False)
+    try:
+        return _time_unpruned(path, x, batch, runs, threads, reused=False)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def unpruned_cache_path(pruned_path: Path, opset: int) -> Path | None:
+    """Where the unpruned export of an artifact's weights lives: beside them, named by their sha256."""
+    folder = Path(pruned_path).parent
+    weights = ((manifest(folder) or {}).get("files") or {}).get("model.safetensors")
+    if sta_kind(folder) is None or weights is None:
+        return None
+    return folder / f"unpruned-{weights['sha256'][:16]}-opset{opset}.onnx"
+
+
+def _export_unpruned(model: nn.Module, opset: int, cached: Path | None) -> Path:
+    """Export into the artifact (published with its checksum in the manifest), or a temporary folder."""
+    import tempfile
+
+    from .export.onnx import export_onnx
+
+    if cached is None:
+        path = Path(tempfile.mkdtemp(prefix="sta-profile-")) / "unpruned.onnx"
+        export_onnx(model, path, opset=opset, batch=None, metadata={})
+        return path
+    names = [cached.name, cached.name + ".data"]
+
+    def records(tmp: Path) -> None:
+        kept = (manifest(cached.parent) or {}).get("files", {})
+        write_manifest(tmp, sta_kind(cached.parent), names, {k: v for k, v in kept.items() if k not in names})
+
+    with outputs.files_into(cached.parent, names, [MANIFEST], finalize=records) as tmp:
+        export_onnx(model, tmp / cached.name, opset=opset, batch=None, metadata={})
+    return cached
+
+
+def _time_unpruned(path: Path, x: torch.Tensor, batch: int, runs: int | None, threads: int | None, reused: bool) -> dict:
+    session = onnx_session(path, threads)
+    name, feed, _ = onnx_input(session, x, batch)
+    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
     timing["exported_for_comparison"] = True
+    timing["export_reused"] = reused
     return timing
 
 

@@ -251,3 +251,23 @@ def test_as_typed_next_to_a_pruned_artifact(tmp_path, hub_folder, clip_file):
     assert done.returncode == 0, done.stderr
     assert "using the artifact in ./tiny-sta-r4" in done.stderr and "r1=4: the artifact's own setting" in done.stderr
     assert "tiny-sta-r4 on clip.mp4" in done.stdout and "64 -> 48 -> 40 -> 36" in done.stdout
+
+
+def test_the_unpruned_export_is_kept_beside_the_artifact_and_reused(tmp_path):
+    from conftest import run_cli
+
+    assert run_cli("prune", "--model", "demo", "-o", "art", cwd=tmp_path).exit_code == 0
+    assert run_cli("export", "art", "-f", "onnx", cwd=tmp_path).exit_code == 0
+    first = run_cli("profile", "--model", "art", "--runs", 1, "--json", cwd=tmp_path)
+    assert first.exit_code == 0, first.stderr
+    kept = sorted(p.name for p in (tmp_path / "art").glob("unpruned-*.onnx"))
+    assert len(kept) == 1 and "kept the unpruned export" in first.stderr
+    second = run_cli("profile", "--model", "art", "--runs", 1, "--json", cwd=tmp_path)
+    assert second.exit_code == 0, second.stderr
+    assert "reusing the unpruned export" in second.stderr
+    assert json.loads(second.stdout)["unpruned"]["onnxruntime"]["export_reused"] is True
+    import sta_cli
+
+    sta_cli.load(tmp_path / "art")  # the manifest records the new file: the artifact still verifies
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert kept[0] in manifest["files"]
