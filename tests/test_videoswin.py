@@ -455,3 +455,37 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     ref_logits, *ref_kept = reference(cases[1].x)
     assert all(torch.equal(a, b) for a, b in zip(kept, ref_kept)) and [k.shape[1] for k in kept] == [30, 10, 6]
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=0)
+
+
+# Stage grids (4,24,24), (4,12,12), (4,6,6), (4,3,3) with a (2,8,8) window: shifted windows (and their
+# masks) in stages 1-3, weights (8.4 MB) large next to the token count, as in the released models.
+SIZE_CFG = VideoSwinConfig(
+    embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(2, 8, 8), num_frames=8, image_size=96, num_classes=10
+)
+
+
+def stored_tensor_bytes(path: Path) -> int:
+    """Bytes of tensor data in an ONNX file: initializers and Constant nodes."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    total = sum(len(t.raw_data) for t in proto.graph.initializer)
+    for node in proto.graph.node:
+        total += sum(len(a.t.raw_data) for a in node.attribute if a.HasField("t"))
+    return total
+
+
+@pytest.mark.parametrize("r1", [0, 40])
+def test_onnx_tensors_stay_near_the_weights(tmp_path, r1):
+    """The tensors an ONNX export stores are at most 1.1x the weights: shift masks and relative
+    position indices are built in the graph from small vectors, once per stage, not stored per block
+    (Swin-T once stored 115 MB of masks beside 113 MB of weights; this model then stored 1.3x).
+    The graph's nodes add ~1 kB each (exporter metadata), which only a model this small notices;
+    bench/swin_speed.py checks the whole file of Swin-T and Swin-B against the bound."""
+    from sta_cli.export.onnx import export_onnx
+
+    model = VideoSwin(SIZE_CFG, STAConfig(r1=r1)).eval()
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    export_onnx(model, tmp_path / "m.onnx", opset=18, batch=None, metadata={})
+    stored = stored_tensor_bytes(tmp_path / "m.onnx")
+    assert stored <= 1.1 * weights, f"{stored / 1e6:.2f} MB of tensors for {weights / 1e6:.2f} MB of weights"

@@ -198,6 +198,15 @@ def window_plan(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tu
     return WindowPlan(src, dst, tuple(int(c) for c in counts), regions, win[0] * win[1] * win[2])
 
 
+# Eager runs token-wise work and window gathers in pieces of about this many rows (see SwinBlock).
+CHUNK_ROWS = 4096
+
+
+def tracing() -> bool:
+    """Under torch.export / ONNX export or a TorchScript trace: one op per step keeps the graph small."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def constant(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.from_numpy(array).to(like.device, dtype or like.dtype)
 
@@ -219,9 +228,19 @@ class WindowIndex:
     padded: bool  # padding slots exist: the qkv rows carry one padding row per sample
 
 
-def window_index(grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=None) -> WindowIndex:
+def relative_index(window: tuple[int, int, int], vol: int, like: torch.Tensor) -> torch.Tensor:
+    """(vol, vol) rows of the bias table, truncated to the first vol slots as the references do when
+    windows shrink. Built from a (vol,) vector: exporters fold it into one constant per call, so the
+    model computes it once per window volume and forward (`rel_cache` of `window_index`)."""
+    code, offset = position_code(tuple(window))
+    code = constant(code[:vol], like, torch.long)
+    return code[:, None] - code[None, :] + offset
+
+
+def window_index(grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=None, rel_cache: dict | None = None) -> WindowIndex:
     """x (B, K, C): the stage's tokens, all T*H*W of them, or the kept ones with kept (B, K) their grid
-    positions and fill (B, T*H*W) the token that fills each grid position."""
+    positions and fill (B, T*H*W) the token that fills each grid position. rel_cache: {vol: relative
+    index} shared by the calls of one forward."""
     B, K = x.shape[:2]
     win, shift = window_and_shift(grid, window, shifted)
     plan = window_plan(tuple(grid), win, shift)
@@ -238,13 +257,14 @@ def window_index(grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=N
     vol = plan.vol
     rows = (token + sample * (K + int(padded))).view(B, -1, vol).transpose(0, 1).reshape(-1)
     back = ((slot // vol * B + sample) * vol + slot % vol).reshape(-1)
-    code, offset = position_code(tuple(window))
-    code = constant(code[:vol], x, torch.long)  # truncated as the references do when windows shrink
+    rel_cache = {} if rel_cache is None else rel_cache
+    if vol not in rel_cache:
+        rel_cache[vol] = relative_index(window, vol, x)
     regions = None
     if plan.regions is not None:
         ids = constant(plan.regions, x, torch.long)
         regions = torch.where(ids[:, :, None] != ids[:, None, :], -100.0, 0.0).to(x.dtype)
-    return WindowIndex(rows, back, plan.counts, code[:, None] - code[None, :] + offset, regions, padded)
+    return WindowIndex(rows, back, plan.counts, rel_cache[vol], regions, padded)
 
 
 class WindowAttention3d(nn.Module):
@@ -273,24 +293,30 @@ class WindowAttention3d(nn.Module):
         if index.padded:
             pad_row = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(C3)
             qkv = torch.cat([qkv, pad_row.to(qkv.dtype).expand(B, 1, C3)], 1)
-        vol = index.rel.shape[0]
-        windows = qkv.reshape(-1, C3).index_select(0, index.rows)  # (nW * B * vol, 3C)
-        qkv_w = windows.view(-1, B, vol, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5)  # (3, nW, B, heads, vol, hd)
-        bias = self.relative_position_bias_table[index.rel].permute(2, 0, 1)  # (heads, vol, vol)
+        vol, hd = index.rel.shape[0], C // heads
+        rows = qkv.reshape(-1, C3)
+        # Indexed through the transposed table: a contiguous (heads, vol, vol) bias, which SDPA's fused
+        # kernel takes as is (a strided one is copied on every call).
+        bias = self.relative_position_bias_table.t()[:, index.rel]
         outs, start = [], 0
         for i, n in enumerate(index.counts):  # one attention per shift type: its mask is shared
-            q, k, v = qkv_w[:, start : start + n].flatten(1, 2).unbind(0)  # (n * B, heads, vol, hd)
+            mask = (bias if index.regions is None else bias + index.regions[i])[None]
+            step = n if tracing() else max(1, CHUNK_ROWS // (B * vol))  # eager: gather a few windows at a time
+            for w in range(start, start + n, step):
+                w_end = min(w + step, start + n)
+                slots = index.rows.view(-1, B * vol)[w:w_end].reshape(-1)  # constant bounds: static shapes in ONNX
+                windows = rows.index_select(0, slots)  # (n * B * vol, 3C)
+                q, k, v = windows.view(-1, vol, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n * B, heads, vol, hd)
+                # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (n * B, vol, heads, hd)
+                if torch.compiler.is_compiling():
+                    # A reshape is traced as a view or a copy by SDPA's output strides (the fused CPU kernel's
+                    # vol-major layout vs the math kernel's heads-major one), and the ONNX exporter re-runs the
+                    # graph after decomposing SDPA into the other layout: "Cannot view a tensor ...". An
+                    # explicit copy holds for both. Eager keeps the free view the fused kernel allows.
+                    out = out.clone(memory_format=torch.contiguous_format)
+                outs.append(out.reshape(-1, C))
             start += n
-            mask = bias if index.regions is None else bias + index.regions[i]
-            # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None]).transpose(1, 2)  # (n * B, vol, heads, hd)
-            if torch.compiler.is_compiling():
-                # A reshape is traced as a view or a copy by SDPA's output strides (the fused CPU kernel's
-                # vol-major layout vs the math kernel's heads-major one), and the ONNX exporter re-runs the
-                # graph after decomposing SDPA into the other layout: "Cannot view a tensor ...". An
-                # explicit copy holds for both. Eager keeps the free view the fused kernel allows.
-                out = out.clone(memory_format=torch.contiguous_format)
-            outs.append(out.reshape(-1, C))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (nW * B * vol, C)
         return out.index_select(0, index.back).view(B, K, C)
 
@@ -309,8 +335,14 @@ class SwinBlock(nn.Module):
         for this block's shift (`window_index`). Returns the new tokens and their qkv (B, K, 3C)."""
         qkv = self.attn.qkv(self.norm1(x))  # kept tokens only
         x = x + self.attn.proj(self.attn.attend(qkv, index))
-        x = x + self.mlp(self.norm2(x))
-        return x, qkv
+        if tracing() or x.shape[0] * x.shape[1] <= 2 * CHUNK_ROWS:
+            return x + self.mlp(self.norm2(x)), qkv
+        # Eager, many tokens: the MLP a few thousand tokens at a time. Same numbers; the (tokens, 4C)
+        # hidden layer of a whole stage-1 grid is tens of MB, and allocating that afresh costs more
+        # in page faults than the MLP's arithmetic on CPU.
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.cat([c + self.mlp(self.norm2(c)) for c in flat.split(CHUNK_ROWS)])
+        return out.view(x.shape), qkv
 
 
 class PatchMerging(nn.Module):
@@ -417,7 +449,7 @@ class VideoSwin(PrunedClassifier):
         """Pooled features (B, D) and, per STA step, the kept grid positions (B, tokens)."""
         x = self.patch_embed(pixel_values)  # (B, T, H, W, C)
         B = x.shape[0]
-        kept_all, prev_qkv, prev_fill, prev_grid = [], None, None, None
+        kept_all, prev_qkv, prev_fill, prev_grid, rel_cache = [], None, None, None, {}
         for i, layer in enumerate(self.layers):
             # Python ints: the grid keys the cached index tables (a tracer would hand out 0-d tensors).
             grid = tuple(int(n) for n in x.shape[1:4])
@@ -437,7 +469,11 @@ class VideoSwin(PrunedClassifier):
                 fill = nearest_kept_fill(kept, grid)
                 tokens = gather_tokens(tokens, kept)
                 kept_all.append(kept)
-            index = {shifted: window_index(grid, self.cfg.window_size, shifted, tokens, kept, fill) for shifted in {b.shifted for b in layer.blocks}}
+            # Window layouts (plain, shifted) of this stage, shared by its blocks.
+            index = {
+                shifted: window_index(grid, self.cfg.window_size, shifted, tokens, kept, fill, rel_cache)
+                for shifted in {b.shifted for b in layer.blocks}
+            }
             for blk in layer.blocks:
                 tokens, prev_qkv = blk(tokens, index[blk.shifted])
             prev_grid, prev_fill = grid, fill
