@@ -160,7 +160,9 @@ def is_demo(model: nn.Module) -> bool:
     from ..demo import DEMO_DIR
 
     config = json.loads((DEMO_DIR / "config.json").read_text())
-    return model.family == config["architecture"] and model.cfg.to_dict() == config["model"] and list(model.labels) == config["labels"]
+    if model.family != config["architecture"] or list(model.labels) != config["labels"]:
+        return False
+    return model.cfg == type(model.cfg).from_dict(config["model"])  # fields added since take their defaults
 
 
 @torch.no_grad()
