@@ -162,7 +162,7 @@ def is_demo(model: nn.Module) -> bool:
     config = json.loads((DEMO_DIR / "config.json").read_text())
     if model.family != config["architecture"] or list(model.labels) != config["labels"]:
         return False
-    return type(model.cfg).from_dict(config["model"]) == model.cfg  # fields added since default alike
+    return model.cfg == type(model.cfg).from_dict(config["model"])  # fields added since take their defaults
 
 
 @torch.no_grad()
