@@ -79,16 +79,9 @@ def fixed_selection():
 
 
 def session(path: Path, threads: int, profile: bool = False):
-    import onnxruntime as ort
+    from sta_cli.runtime import ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(path.with_suffix(""))
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.session(path, "cpu", threads, profile_prefix=str(path.with_suffix("")) if profile else None)[0]
 
 
 def timed(fn) -> float:

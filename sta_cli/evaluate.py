@@ -19,6 +19,7 @@ predictions and appends them to OUT. Only rank 0 touches OUT.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -36,10 +37,10 @@ import torch.nn as nn
 from . import __version__
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
+from .io import outputs
 from .io import video as video_io
 from .pruning import STAConfig
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts"}
 PATH_COLUMNS = ("path", "video", "video_path", "file", "filename", "clip")
 LABEL_COLUMNS = ("label", "label_id", "class", "class_name", "category", "action")
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE = "run.json", "predictions.jsonl", "summary.json"
@@ -53,6 +54,14 @@ RUN_FORMAT = "sta-eval"
 def parse_views(text: str | Sequence[int]) -> tuple[int, int]:
     """'5x3' -> (5 temporal clips, 3 spatial crops)."""
     return video_io.parse_views(text if isinstance(text, str) else tuple(text))
+
+
+def default_r1s(model: nn.Module) -> list[int]:
+    """Half the paper's setting and the paper's setting, scaled to the model (ViT-B: 32, 64)."""
+    from .api import paper_r1
+
+    full = paper_r1(model)
+    return sorted({max(1, round(full / 2)), full})
 
 
 def parse_r1_list(text: str | Sequence[int] | None) -> list[int] | None:
@@ -130,7 +139,7 @@ def _read_folder(folder: Path) -> list[_Raw]:
     raws = []
     for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for f in sorted(cls.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith("."):
+            if f.is_file() and f.suffix.lower() in video_io.VIDEO_SUFFIXES and not f.name.startswith("."):
                 name = f.relative_to(folder).as_posix()
                 raws.append(_Raw(name, f, cls.name, f"folder {cls.name}/"))
     return raws
@@ -332,16 +341,17 @@ class Progress:
     def stop(self) -> None: ...
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _differences(old: dict, new: dict) -> list[str]:
     names = {"dataset": "dataset", "model": "model", "settings": "r1 / STA settings", "views": "views",
              "precision": "precision", "preprocessing": "preprocessing", "format": "format"}
     return [names.get(k, k) for k in names if old.get(k) != new.get(k)]
+
+
+def _is_eval_run(run_file: Path) -> bool:
+    try:
+        return json.loads(run_file.read_text()).get("format") == RUN_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def prepare_out(out: Path, run: dict, force: bool) -> None:
@@ -349,6 +359,8 @@ def prepare_out(out: Path, run: dict, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise StaError(f"{out} exists and is not a folder")
     run_file = out / RUN_FILE
+    if out.is_dir() and force and any(out.iterdir()) and not _is_eval_run(run_file):
+        outputs.check_folder_target(out, force=True)  # raises: what is there, and that sta leaves it alone
     if out.is_dir() and force:
         for name in (RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TIMING_FILE):
             (out / name).unlink(missing_ok=True)
@@ -368,7 +380,7 @@ def prepare_out(out: Path, run: dict, force: bool) -> None:
         raise StaError(f"{out} is not empty and holds no sta eval run; use another -o folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_file, json.dumps(run, indent=2) + "\n")
+        outputs.write_text(run_file, outputs.dumps(run) + "\n")
     except OSError as e:
         raise StaError(f"cannot write to {out}: {e.strerror or e}") from None
 
@@ -393,7 +405,7 @@ def read_predictions(out: Path, entries: list[Entry], keys: list[str]) -> dict[i
         else:
             dropped += 1
     if dropped:
-        _atomic_write(path, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
+        outputs.write_text(path, "".join(outputs.dumps(records[i], indent=None) + "\n" for i in sorted(records)))
     return records
 
 
@@ -501,6 +513,7 @@ def evaluate(
     precision: str = "fp32",
     revision: str | None = None,
     token: str | bool | None = None,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     progress: Progress | None = None,
     compile: bool = False,
     **sta_options,
@@ -525,15 +538,16 @@ def evaluate(
     if precision not in PRECISIONS:
         raise StaError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dist_ctx = Dist.from_env(device)
+    held = contextlib.ExitStack()  # rank 0's hold on OUT
     try:
         # Everything that can be wrong with the input is found here, before any decoding.
         raws = dist_ctx.agree(lambda: read_entries(dataset, root))
 
         def load():
-            source = resolve(str(model), revision=revision, token=token)
+            source = resolve(str(model), revision=revision, token=token, arch=arch)
             base = STAConfig.from_dict(source.sta) if source.is_artifact else None
             net = build_from_source(source, STAConfig())
-            chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else [32, 64])
+            chosen = r1s if r1s is not None else parse_r1_list([base.r1] if base and base.r1 else default_r1s(net))
             # chosen[0] == 0: the reference, no pruning at all
             configs = [STAConfig()] + [sta_config(base, v, **sta_options) for v in chosen[1:]]
             for cfg in configs:
@@ -566,6 +580,7 @@ def evaluate(
         keys = [s["key"] for s in settings]
 
         def check_out():
+            held.enter_context(outputs.exclusive(out_dir))  # until the summary is written
             prepare_out(out_dir, run, force)
             return sorted(read_predictions(out_dir, entries, keys))
 
@@ -606,7 +621,7 @@ def evaluate(
                         continue  # a partly finished chunk was recomputed: keep the earlier lines
                     e = entries[i]
                     line = {"index": i, "path": e.name, "label": e.label, **{k: v for k, v in rec.items() if k != "index"}}
-                    writer.write(json.dumps(line) + "\n")
+                    writer.write(outputs.dumps(line, indent=None) + "\n")
                     writer.flush()
                     done.add(i)
                     count += 1
@@ -630,6 +645,7 @@ def evaluate(
                               len(done) - already, failed_now)
         return dist_ctx.broadcast(summary)
     finally:
+        held.close()
         dist_ctx.close()
 
 
@@ -680,14 +696,14 @@ def _merge_timing(out_dir: Path, rates: list[dict]) -> dict:
             t = total.setdefault(key, {"clips": 0, "seconds": 0.0})
             t["clips"] += clips
             t["seconds"] += clips / rate
-    _atomic_write(path, json.dumps(total))
+    outputs.write_text(path, outputs.dumps(total))
     return total
 
 
 def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wall, new_videos, failed_now) -> dict:
     """Rank 0: sort predictions.jsonl by video, write summary.json."""
     records = read_predictions(out_dir, entries, keys)
-    _atomic_write(out_dir / PREDICTIONS_FILE, "".join(json.dumps(records[i]) + "\n" for i in sorted(records)))
+    outputs.write_text(out_dir / PREDICTIONS_FILE, "".join(outputs.dumps(records[i], indent=None) + "\n" for i in sorted(records)))
     timing = _merge_timing(out_dir, rates)
     summary = summarise(records, settings, keys[0])
     per_video = views[0] * views[1]
@@ -713,5 +729,5 @@ def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wal
                      "new_failures": failed_now},
         "output": str(out_dir),
     }
-    _atomic_write(out_dir / SUMMARY_FILE, json.dumps(return_value, indent=2, ensure_ascii=False) + "\n")
+    outputs.write_text(out_dir / SUMMARY_FILE, outputs.dumps(return_value) + "\n")
     return return_value

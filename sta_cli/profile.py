@@ -23,23 +23,21 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .api import compare, count_params, paper_r1, sta_config
+from .api import check_finite, compare, top_labels, count_params, paper_r1, sta_config
+from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
+from .runtime import ort
+from .io.artifact import sta_kind, verify
 from .io.checkpoints import resolve
-from .io.video import VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
+from .io.video import VIDEO_SUFFIXES, VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
 from .models import build_from_source
 from .models.registry import ALIASES
 from .pruning import STAConfig
 
-Log = Callable[[str], None]
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 RANDOM_SEEDS = (0, 1, 2)  # random-pruning baseline: mean over these seeds
 WARMUP = 2  # untimed calls before timing (first-call allocations, thread pools, caches)
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # --- defaults ------------------------------------------------------------------------------------
@@ -198,20 +196,8 @@ def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor,
 
 
 def onnx_session(path: Path, threads: int | None = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise StaError("ONNX Runtime is not installed: pip install 'sta-cli[export]'") from None
-    if not Path(path).is_file():
-        raise StaError(f"no such ONNX file: {path}")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: its warnings would clutter stderr
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types, none of them exported stably
-        raise StaError(f"cannot load {path} with ONNX Runtime: {str(e).splitlines()[0]}") from None
+    """A CPU session for timing (the one session rule: runtime.ort)."""
+    return ort.session(path, "cpu", threads)[0]
 
 
 def onnx_input(session, x: torch.Tensor, batch: int) -> tuple[str, np.ndarray, list[str]]:
@@ -250,6 +236,21 @@ def time_onnx(session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Te
     timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
     return {"file": str(path), "matches": matches, "max_abs_diff": {k: round(v, 7) for k, v in diffs.items()},
             "timing": timing}
+
+
+@torch.inference_mode()
+def time_int8(path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None,
+              threads: int | None) -> dict:
+    """Time the int8 graph `sta export --quantize int8` wrote beside model.onnx; its logits' cosine
+    with the float32 pruned torch model says how close the quantised model stays."""
+    session = onnx_session(path, threads)
+    name, feed, _ = onnx_input(session, x, batch)
+    out = torch.from_numpy(session.run(None, {name: feed})[0]).float()
+    model.set_sta(sta)
+    ref = model(torch.from_numpy(feed).to(x.device)).float().cpu()
+    cosine = torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() if out.shape == ref.shape else float("nan")
+    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
+    return {"file": str(path), "logit_cosine_vs_pruned": round(cosine, 6), "timing": timing}
 
 
 def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None,
@@ -305,21 +306,9 @@ def _batched(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
-def _top5(model: nn.Module, probs: torch.Tensor) -> list[dict]:
-    p, i = probs.topk(min(5, probs.numel()))
-    return [{"label": model.labels[j], "index": int(j), "prob": round(float(q), 5)} for q, j in zip(p.tolist(), i.tolist())]
-
-
-def token_grids(model: nn.Module) -> list[tuple[int, int, int]]:
-    """Per STA stage, the (t, h, w) grid its kept positions index."""
-    if hasattr(model.cfg, "stage_grids"):
-        return [tuple(model.cfg.stage_grids[s.block]) for s in model.stages]
-    return [tuple(model.cfg.grid)] * len(model.stages)
-
-
 @torch.inference_mode()
 def sweep(model: nn.Module, sta: STAConfig, values: list[int], x: torch.Tensor, ref: torch.Tensor, batch: int,
-          runs: int | None, log: Log = _quiet) -> list[dict]:
+          runs: int | None, log: Log = quiet) -> list[dict]:
     """Per r1: agreement with the unpruned logits `ref` over the clip's views for STA and for random
     pruning (mean over RANDOM_SEEDS), GFLOPs and torch-eager throughput."""
     rows = []
@@ -358,7 +347,8 @@ def profile(
     device: str = "cpu",
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
+    log: Log = quiet,
     note: Log | None = None,
     compile: bool = False,
     **sta_options,
@@ -381,13 +371,13 @@ def profile(
         torch.set_num_threads(threads)
     try:
         return _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision,
-                        token, log, note, sta_options, compile)
+                        token, log, note, sta_options, arch=arch, compile=compile)
     finally:
         torch.set_num_threads(before)
 
 
 def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision, token, log,
-             note, sta_options, compile=False) -> dict:
+             note, sta_options, arch=None, compile=False) -> dict:
     note = note or log
     notes: list[str] = []
 
@@ -422,7 +412,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         check_target(sweep_png)
 
     log(f"loading {model}")
-    source = resolve(str(model), revision=revision, token=token)
+    source = resolve(str(model), revision=revision, token=token, arch=arch)
     net = build_from_source(source, STAConfig()).to(dev)
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     if r1 is None:
@@ -447,6 +437,8 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         say(f"timing the artifact's exported {onnx_path} with ONNX Runtime too")
     elif onnx_path is not None and onnx_path.is_dir():
         raise StaError(f"--onnx {onnx_path} is a folder; give the .onnx file")
+    if onnx_path is not None and sta_kind(onnx_path.parent) is not None:
+        verify(onnx_path.parent, [onnx_path.name, onnx_path.name + ".data"])
     session = onnx_session(onnx_path, threads) if onnx_path is not None else None
 
     # The clip, sampled and preprocessed as the model was evaluated.
@@ -481,9 +473,10 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     ref = _batched(net, x, batch)
     net.set_sta(sta)
     pruned = _batched(net, x, batch)
+    check_finite(net, {"unpruned": ref, "pruned": pruned}, clip_info["path"] or "the synthetic clip")
     side = {}
     for name, logits in (("unpruned", ref), ("pruned", pruned)):
-        side[name] = {"top5": _top5(net, logits.float().softmax(-1).mean(0))}
+        side[name] = {"top5": top_labels(net, logits.float().softmax(-1).mean(0))}
     agreement = {k: round(v, 5) for k, v in compare(ref, pruned).items()}
     agreement["same_top1_after_averaging"] = side["unpruned"]["top5"][0]["index"] == side["pruned"]["top5"][0]["index"]
 
@@ -517,6 +510,12 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
             net.set_sta(sta)
     for s in side.values():
         s.setdefault("onnxruntime", None)
+    int8_path = onnx_path.parent / "model.int8.onnx" if onnx_path is not None else None
+    int8_report = None
+    if int8_path is not None and int8_path.is_file() and sta.enabled:
+        log(f"timing ONNX Runtime int8 ({int8_path.name})")
+        int8_report = time_int8(int8_path, net, sta, x, batch, runs, threads)
+        side["pruned"]["onnxruntime_int8"] = int8_report["timing"]
 
     report = {
         "sta_version": __version__,
@@ -529,6 +528,7 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         "pruned": side["pruned"],
         "agreement": agreement,
         "onnx": onnx_report,
+        "onnx_int8": int8_report,
         "notes": notes,
         "warnings": clip_warnings,
         "vis": None,
@@ -556,7 +556,7 @@ def draw_kept_tokens(model: nn.Module, view: torch.Tensor, pre: dict, path: Path
     from .vis import save_kept_tokens
 
     _, kept = model.forward_with_positions(view)
-    grids = token_grids(model)
+    grids = model.kept_grids
     frames = denormalise(view[0], pre)
     labels = [f"input: {view.shape[2]} frames"]
     labels += [f"STA step {i + 1}: {k.shape[1]}/{math.prod(g)} kept" for i, (k, g) in enumerate(zip(kept, grids))]

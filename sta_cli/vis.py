@@ -1,52 +1,39 @@
 """Pictures for `sta profile`: which tokens STA keeps (the paper's Fig. 4) and the r1 sweep (Fig. 5).
 
-Both are written atomically (a temporary file next to the target, renamed at the end).
+Both are written by `io.outputs` (atomically; an existing file is replaced only if sta drew it).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import StaError
+from .io import outputs
+
+
+SOFTWARE = "sta"  # PNG "Software" text chunk: how sta recognises its own pictures
+
+
+def written_by_sta(path: Path) -> bool:
+    """An existing picture may be replaced only if sta drew it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Software", "")).split(" ")[0] == SOFTWARE
+    except (OSError, ValueError):
+        return False
 
 
 def check_target(path: Path) -> None:
     """Fail early, before any heavy work, if a picture cannot be written to `path`."""
-    path = Path(path)
-    if path.is_dir():
-        raise StaError(f"{path} is a folder; give a .png file name")
-    probe = path.resolve().parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StaError(f"cannot write {path}: {probe} is not writable")
+    outputs.check_file_target(Path(path), written_by_sta)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    parent = path.resolve().parent
-    check_target(path)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as e:
-        raise StaError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise StaError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def write_png(path: Path, save: Callable[[Path], None]) -> Path:
+    return outputs.replace_file(Path(path), save, written_by_sta)
 
 
 def kept_mask(kept: np.ndarray, grid: tuple[int, int, int], frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -97,7 +84,11 @@ def kept_tokens_image(
 
 def save_kept_tokens(path: Path, frames, kept, grids, labels) -> Path:
     image = kept_tokens_image(frames, kept, grids, labels)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", SOFTWARE)
+    return write_png(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def save_sweep_plot(path: Path, rows: list[dict], title: str) -> Path:
@@ -124,6 +115,6 @@ def save_sweep_plot(path: Path, rows: list[dict], title: str) -> Path:
         ax2.annotate(f"{r['gflops']:.3g} GF", (a, r["throughput"]), fontsize=7, textcoords="offset points", xytext=(0, 6), ha="center")
     fig.suptitle(title, fontsize=10)
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        return write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": SOFTWARE}))
     finally:
         plt.close(fig)

@@ -125,3 +125,40 @@ def clip() -> torch.Tensor:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --- the CLI, as users run it --------------------------------------------------------------------
+
+
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None):
+    """`sta ARGS` in-process (Typer's runner) from `cwd`; stdout and stderr kept apart."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from sta_cli.cli import app
+
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], env=env)
+    finally:
+        os.chdir(old)
+
+
+def assert_one_line_error(result, *fragments):
+    """A non-zero exit and one `sta: error:` line, last on stderr, holding `fragments`; before it at
+    most sta's own log lines (`· step`, `command: note`), never a traceback or a Python warning."""
+    assert result.exit_code != 0, result.stdout
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    check_error_text(result.stderr, *fragments)
+
+
+def check_error_text(stderr: str, *fragments) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("sta: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert "Traceback" not in stderr and "Warning:" not in stderr, stderr
+    for f in fragments:
+        assert f in errors[0], errors[0]

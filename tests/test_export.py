@@ -100,8 +100,10 @@ def artifact(workdir, onnx_run) -> Path:
 def test_onnx_lands_in_the_artifact_with_config(onnx_run, artifact):
     assert onnx_run["ok"] and onnx_run["validation"]["ok"]
     assert Path(onnx_run["files"]["model"]).name == "model.onnx"
-    assert sorted(p.name for p in artifact.iterdir()) == ["config.json", "model.onnx", "model.safetensors", "report.json", "sta.json"]
+    assert sorted(p.name for p in artifact.iterdir()) == ["config.json", "manifest.json", "model.onnx", "model.safetensors", "report.json", "sta.json"]
     config = json.loads((artifact / "config.json").read_text())
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["format"] == "sta-artifact" and set(manifest["files"]) >= {"model.onnx", "config.json", "model.safetensors"}
     assert config["labels"][3] == "action_3" and config["preprocessing"]["num_frames"] == 8
     assert config["sta"]["r1"] == 4 and config["sta"]["tokens_per_stage"] == TOKENS
     assert config["exports"]["onnx"]["outputs"][1] == {"name": "kept_positions_1", "shape": ["batch", 48], "dtype": "int64"}
@@ -200,7 +202,7 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
     ts = export(artifact, "torchscript", out)
     pt2 = export(artifact, "pt2", out)  # a second format into the same export folder
     assert ts["validation"]["ok"] and pt2["validation"]["ok"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt", "model.pt2"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.pt", "model.pt2"]
     assert set(json.loads((out / "config.json").read_text())["exports"]) == {"torchscript", "pt2"}
     model = sta_cli.load(artifact)
     torch.manual_seed(5)
@@ -313,13 +315,13 @@ def test_atol_miss_fails_and_writes_nothing(monkeypatch, workdir, artifact):
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["ok"] and report["validation"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
-    assert sorted(p.name for p in (workdir / "ts-out").iterdir()) == ["config.json", "model.pt"]
+    assert sorted(p.name for p in (workdir / "ts-out").iterdir()) == ["config.json", "manifest.json", "model.pt"]
 
 
 def test_kept_token_mismatch_always_fails(monkeypatch, workdir, artifact):
     perturbed_torchscript(monkeypatch, swap_kept=True)
     before = listing(artifact)
-    r = run_cli("export", "-f", "torchscript", "--allow-mismatch", "--json", cwd=workdir)
+    r = run_cli("export", "-f", "torchscript", "--allow-mismatch", "--force", "--json", cwd=workdir)
     assert r.exit_code == 3
     report = json.loads(r.stdout)
     assert not report["ok"] and "kept positions differ" in report["error"]
@@ -380,3 +382,24 @@ def test_no_source_and_no_artifact(tmp_path):
     r = run_cli("export", "--format", "onnx", cwd=tmp_path)
     assert_one_line_error(r, "no SOURCE", "sta prune")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unpruned_video_swin_exports_and_validates(tmp_path):
+    """`sta export --model <swin> --r1 0`: Swin's token count shrinks by patch merging, yet an
+    unpruned model has no kept_positions outputs, and the graph check must not expect any."""
+    from safetensors.torch import save_file
+
+    from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig
+
+    cfg = VideoSwinConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4), num_frames=4, image_size=64, num_classes=5)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-swin"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in VideoSwin(cfg).state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": cfg.to_dict()}))
+    r = run_cli("export", "--model", folder, "--r1", "0", "-o", tmp_path / "out", "--json", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and [o["name"] for o in report["outputs"]] == ["logits"]
+    assert "token counts static under ONNX shape inference (512 -> 128 -> 32 -> 8)" in report["validation_block"][3]
+    assert all(c["ok"] for c in report["validation"]["checks"]) and report["validation"]["max_abs_diff"] < 1e-4

@@ -36,10 +36,15 @@ def test_original_pth_layout_matches_transformers(tmp_path, hf_model, clip, wrap
     sd = to_original_layout(hf_model.state_dict())
     path = tmp_path / "checkpoint.pth"
     torch.save({wrapper: sd, "epoch": 3} if wrapper else sd, path)
-    model = sta_cli.load(path)  # no config: architecture inferred from shapes
+    with pytest.raises(StaError, match="not a released architecture.*num_heads, image_size, num_frames, mean, std"):
+        sta_cli.load(path)  # no config and not a released size: nothing may be guessed
+    arch = dict(num_heads=TINY_HF["num_attention_heads"], image_size=TINY_HF["image_size"], num_frames=TINY_HF["num_frames"],
+                mean="0.485,0.456,0.406", std=(0.229, 0.224, 0.225))
+    model = sta_cli.load(path, **arch)
     assert model.cfg.depth == TINY_HF["num_hidden_layers"] and model.cfg.embed_dim == TINY_HF["hidden_size"]
-    assert model.cfg.num_heads == 1  # unknown size: 64 per head, at least one (heads are not in the weights)
-    # Heads are not in the weights: give the count explicitly via a folder config to compare.
+    assert model.provenance["values"]["num_heads"] == {"value": 4, "from": "option"}
+    assert (model(clip) - reference_logits(hf_model, clip)).abs().max() <= 1e-4
+    # ... or the config next to the weights.
     (tmp_path / "f").mkdir()
     torch.save(sd, tmp_path / "f" / "checkpoint.pth")
     hf_model.config.save_pretrained(tmp_path / "f")
@@ -47,13 +52,12 @@ def test_original_pth_layout_matches_transformers(tmp_path, hf_model, clip, wrap
     assert (model(clip) - reference_logits(hf_model, clip)).abs().max() <= 1e-4
 
 
-def test_known_sizes_infer_heads_and_fix_hub_small_config():
+def test_hub_config_heads_are_trusted():
     from sta_cli.models.videomae import VideoMAEConfig
 
-    with pytest.warns(UserWarning, match="6"):
-        cfg = VideoMAEConfig.from_hf({"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 16,
-                                      "intermediate_size": 1536, "qv_bias": True})
-    assert cfg.num_heads == 6
+    cfg = VideoMAEConfig.from_hf({"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 16,
+                                  "intermediate_size": 1536, "qv_bias": True})
+    assert cfg.num_heads == 16  # only the known converted checkpoints are corrected (models.build_videomae)
     assert VideoMAEConfig.from_hf({"hidden_size": 768, "qkv_bias": False}).qkv_bias is False
 
 
@@ -142,8 +146,8 @@ def test_loader_errors_name_the_problem(tmp_path, hf_model):
     sd["blocks.0.attn.extra"] = torch.zeros(3)
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(StaError, match=r"unknown keys blocks\.0\.attn\.extra.*missing keys blocks\.2\.mlp\.fc1\.bias"):
-        sta_cli.load(tmp_path / "bad.pth")
+        sta_cli.load(tmp_path / "bad.pth", num_heads=4, image_size=64, num_frames=8, mean="0.5,0.5,0.5", std="0.5,0.5,0.5")
     folder = save_hub_folder(tiny_hf_model(hidden_size=64), tmp_path / "wide")
     (folder / "config.json").write_text((folder / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 32'))
-    with pytest.raises(StaError, match="mismatched shapes"):
+    with pytest.raises(StaError, match="config says hidden_size 32 but the weights have 64"):
         sta_cli.load(folder)

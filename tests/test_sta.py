@@ -26,7 +26,7 @@ def tiny_model(sta: STAConfig | None = None, seed: int = 0) -> VideoMAE:
     return model
 
 
-# --- an independent, per-sample port of the reference's merge (reference-notes §1) -----------------
+# --- an independent, per-sample port of the reference's merge (docs/algorithm.md) ------------------
 
 def reference_merge(x, metric, r, groups, backward):
     """One sample. x (N, d) with the original position appended as the last channel, metric (N, c)."""

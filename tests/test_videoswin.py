@@ -51,6 +51,10 @@ def clip() -> torch.Tensor:
     return torch.randn(2, 3, TINY.num_frames, TINY.image_size, TINY.image_size)
 
 
+# The fixtures are not a released size: what their weights cannot tell must be given.
+FIXTURE_ARCH = dict(image_size=48, num_frames=8, mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+
+
 def fixture_io(case: str) -> dict[str, torch.Tensor]:
     return load_file(FIXTURES / f"{case}_io.safetensors")
 
@@ -81,7 +85,7 @@ def to_mmaction_layout(tv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("case", CASES)
 def test_torchvision_parity(case):
     """The fixture file as torchvision names it loads through sta_cli.load and gives torchvision's logits."""
-    model = sta_cli.load(FIXTURES / f"{case}_torchvision.safetensors")
+    model = sta_cli.load(FIXTURES / f"{case}_torchvision.safetensors", **FIXTURE_ARCH)
     assert model.family == "videoswin"
     spec = json.loads((FIXTURES / f"{case}.json").read_text())
     assert model.cfg.window_size == tuple(spec["window_size"]) and model.cfg.num_heads == tuple(spec["num_heads"])
@@ -98,7 +102,7 @@ def test_original_mmaction_layout(tmp_path, case):
     sd = to_mmaction_layout(load_file(FIXTURES / f"{case}_torchvision.safetensors"))
     assert any(k.startswith("backbone.layers.0.downsample.") for k in sd)
     torch.save({"meta": {"epoch": 30}, "state_dict": sd}, tmp_path / "swin.pth")
-    model = sta_cli.load(tmp_path / "swin.pth")
+    model = sta_cli.load(tmp_path / "swin.pth", **FIXTURE_ARCH)
     io = fixture_io(case)
     with torch.no_grad():
         torch.testing.assert_close(model(io["input"]), io["logits"], atol=1e-5, rtol=1e-5)
@@ -128,12 +132,12 @@ def test_bad_checkpoints(tmp_path):
     del sd["head.weight"]
     save_file(sd, tmp_path / "nohead.safetensors")
     with pytest.raises(StaError, match="head.weight"):
-        sta_cli.load(tmp_path / "nohead.safetensors")
+        sta_cli.load(tmp_path / "nohead.safetensors", **FIXTURE_ARCH)
     sd = load_file(FIXTURES / "grid_torchvision.safetensors")
     sd["features.0.0.attn.extra"] = torch.zeros(1)
     save_file(sd, tmp_path / "extra.safetensors")
     with pytest.raises(StaError, match="unknown keys layers.0.blocks.0.attn.extra"):
-        sta_cli.load(tmp_path / "extra.safetensors")
+        sta_cli.load(tmp_path / "extra.safetensors", **FIXTURE_ARCH)
 
 
 # --- STA on the stage grids ---------------------------------------------------------------------
@@ -206,7 +210,7 @@ def reference_forward(model: VideoSwin, video: torch.Tensor, similarity: str):
     its output read back at the kept positions; the kept sets are recomputed from independently
     built similarity features. Returns logits and kept positions."""
     x = model.patch_embed(video)
-    B, kept_all, last_in = x.shape[0], [], None
+    B, kept_all, last_in, prev_grid = x.shape[0], [], None, None
     for i, layer in enumerate(model.layers):
         grid = tuple(x.shape[1:4])
         tokens = x.flatten(1, 3)
@@ -225,7 +229,7 @@ def reference_forward(model: VideoSwin, video: torch.Tensor, similarity: str):
         for blk in layer.blocks:
             full = tokens if fill is None else tokens.gather(1, fill[..., None].expand(-1, -1, tokens.shape[-1]))
             last_in = full
-            out, _ = blk(full, grid, None, None)
+            out, _ = blk(full, videoswin.window_index(grid, TINY.window_size, blk.shifted, full))
             tokens = out if fill is None else out.gather(1, kept[..., None].expand(-1, -1, out.shape[-1]))
         prev_grid = grid
         if layer.downsample is not None:
@@ -367,18 +371,19 @@ def test_api_prune_small_input(tmp_path):
 
 
 def test_cli_prune_weights_file(tmp_path):
-    """`sta prune --model <torchvision-layout Swin file>`: the released 32x224^2 input, r1 = 256."""
+    """`sta prune --model <torchvision-layout Swin file> --image-size 224 --num-frames 32 ...`: r1 = 256."""
     from typer.testing import CliRunner
 
     from sta_cli.cli import app
 
-    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "256", "-o", str(tmp_path / "out"), "--json"])
+    released_input = ["--image-size", "224", "--num-frames", "32", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "256", "-o", str(tmp_path / "out"), "--json", *released_input])
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["tokens"]["pruned"] == [50176, 16 * 528, 16 * 100, 16 * 17]
     assert report["validation"]["reproduces_source"]["ok"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architecture"] == "videoswin"
-    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "400", "-o", str(tmp_path / "o2")])
+    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "400", "-o", str(tmp_path / "o2"), *released_input])
     assert r.exit_code != 0 and "between 0 and 387" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o2").exists()
 

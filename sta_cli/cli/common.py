@@ -1,17 +1,17 @@
-"""What every command shares: consoles, error reporting, JSON output, the STA options."""
+"""What every command shares: consoles, error reporting, JSON output, progress, the default model."""
 
 from __future__ import annotations
 
 import functools
-import json
+import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from ..errors import StaError
+from ..io.outputs import dumps
 
 # stdout carries results, stderr carries logs and progress.
 # Not a terminal (a pipe, a log file): wide enough that tables are not cut.
@@ -41,7 +41,7 @@ def handle_errors(fn):
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
 
 
@@ -68,31 +68,22 @@ class Steps:
             self._status.__exit__(*exc)
 
 
-# STA options, shared by the commands that build a pruned model.
-R1 = Annotated[Optional[int], typer.Option("--r1", help="Tokens dropped per frame at the first stage (0 = no pruning).")]
-FirstGroup = Annotated[
-    Optional[str], typer.Option("--first-group", help="Image-style drop on the first visited group: tome | random | grid.")
-]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for --first-group random | grid.")]
-Order = Annotated[Optional[str], typer.Option("--order", help="Group visiting order per stage: fbf | bfb | fff | bbb.")]
-Schedule = Annotated[
-    Optional[str], typer.Option("--schedule", help="Drops across stages: decreasing | constant | increasing.")
-]
-Similarity = Annotated[
-    Optional[str], typer.Option("--similarity", help="Affinity feature: key | query | value | feature.")
-]
-Score = Annotated[Optional[str], typer.Option("--score", help="Pruning score: sta | temporal | semantic.")]
-Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
-Token = Annotated[Optional[str], typer.Option("--token", help="Hugging Face token (default: the logged-in one).")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+class _ErrConsoleHandler(logging.Handler):
+    """Library notes (logger 'sta_cli': assumed input size, head count, cache fallback) as one log line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"· note: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
 
 
-def sta_options(first_group, seed, order, schedule, similarity, score) -> dict:
-    return dict(first_group=first_group, seed=seed, order=order, schedule=schedule, similarity=similarity, score=score)
+_lib_log = logging.getLogger("sta_cli")
+if not _lib_log.handlers:
+    _lib_log.addHandler(_ErrConsoleHandler())
+    _lib_log.propagate = False
 
 
 def local_artifact(kind: str) -> Path | None:
-    """The artifact `sta prune` left in the current folder, if any (newest first); says which it picked."""
+    """The artifact `sta prune` left in the current folder, if any (newest first); says which it picked.
+    The one rule for a command run without a model."""
     from ..io.artifact import find_artifacts
 
     found = find_artifacts(Path("."))
@@ -101,3 +92,19 @@ def local_artifact(kind: str) -> Path | None:
     others = f" (newest of {len(found)})" if len(found) > 1 else ""
     err.print(f"{kind}: using the artifact in ./{found[0].name}{others}")
     return found[0]
+
+
+def default_model(command: str, spec: str | None, demo: bool = False) -> str | None:
+    """The model a command runs on when none is given: the artifact `sta prune` left in the current
+    folder, else (profile, eval) the packaged demo model. Says which it picked."""
+    if spec is not None:
+        return spec
+    found = local_artifact(command)
+    if found is not None:
+        return str(found)
+    from .. import profile
+
+    name = profile.demo_model() if demo else None
+    if name is not None:
+        err.print(f"{command}: no model given and no artifact here: using the packaged demo model")
+    return name

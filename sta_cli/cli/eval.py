@@ -12,6 +12,7 @@ import typer
 from ..errors import StaError
 from ..flops import FLOPS_LABEL
 from . import common as c
+from . import options as o
 
 
 class RichProgress:
@@ -57,28 +58,30 @@ class RichProgress:
 
 
 @c.handle_errors
+@o.arch_options
+@o.sta_options
 def eval_command(
-    dataset: Annotated[Path, typer.Argument(help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder, weights file or artifact.")],
-    r1: Annotated[Optional[str], typer.Option("--r1", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else 32,64.")] = None,
-    views: Annotated[str, typer.Option("--views", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3).")] = "1x1",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Clips per forward pass.")] = 8,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Decoding worker processes (0: decode in the main process).")] = 2,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).")] = None,
-    root: Annotated[Optional[Path], typer.Option("--root", help="Folder that relative paths in the list are relative to (default: the list's folder).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when available).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).")] = "fp32",
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", metavar="MODEL", show_default="the artifact `sta prune` left here, else the packaged demo model",
+                     help="Artifact folder, alias, Hub repo id, local folder or weights file."),
+    ] = None,
+    r1: Annotated[Optional[str], typer.Option("--r1", metavar="R1,R1,...", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).")] = None,
+    views: Annotated[str, typer.Option("--views", metavar="TxS", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3).")] = "1x1",
+    batch: Annotated[int, typer.Option("--batch", "-b", metavar="INT", help="Clips per forward pass.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process).")] = 2,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", metavar="FOLDER", help="Folder that relative paths in the list are relative to (default: the list's folder).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cpu or cuda (default: cuda:LOCAL_RANK when available).")] = None,
+    precision: Annotated[str, typer.Option("--precision", metavar="NAME", help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).")] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Run the model compiled with torch.compile (fullgraph); compiled before the first video.")] = False,
-    first_group: c.FirstGroup = None,
-    seed: c.Seed = None,
-    order: c.Order = None,
-    schedule: c.Schedule = None,
-    similarity: c.Similarity = None,
-    score: c.Score = None,
-    revision: c.Revision = None,
-    token: c.Token = None,
-    json: c.Json = False,
+    revision: o.Revision = None,
+    token: o.Token = None,
+    json: o.Json = False,
+    sta_options: dict | None = None,
+    arch=None,
 ):
     """Accuracy of the unpruned model and each r1 on a labelled video set (top-1, top-5, agreement, GFLOPs, clips/s).
 
@@ -89,12 +92,15 @@ def eval_command(
     from ..evaluate import evaluate
 
     main_rank = os.environ.get("RANK", "0") == "0"
+    model = c.default_model("eval", model, demo=True)
+    if model is None:
+        raise StaError("no model given, no artifact in the current folder and no packaged demo: pass --model (see `sta models`)")
     try:
         summary = evaluate(
             dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
-            device=device, precision=precision, revision=revision, token=token, progress=RichProgress() if main_rank else None,
+            device=device, precision=precision, revision=revision, token=token, arch=arch, progress=RichProgress() if main_rank else None,
             compile=compile,
-            **c.sta_options(first_group, seed, order, schedule, similarity, score),
+            **sta_options,
         )
     except StaError as e:
         if not main_rank:  # every rank fails with the same message; rank 0 prints it once

@@ -9,41 +9,54 @@ import typer
 
 from ..errors import StaError, ValidationFailed
 from . import common as c
+from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
+@o.sta_options
 def export(
     source: Annotated[
         Optional[str],
-        typer.Argument(help="Artifact folder from `sta prune` (default: the one in the current folder), or a model spec."),
+        typer.Argument(metavar="SOURCE", show_default=False,
+                       help="Artifact folder from `sta prune` (default: the one in the current folder), or a model spec."),
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Export a model spec (alias, Hub id, folder, file) pruned with the STA options.")
+        Optional[str], typer.Option("--model", "-m", metavar="MODEL", show_default=False,
+                                    help="Export a model spec (alias, Hub id, folder, file) pruned with the STA options.")
     ] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx | torchscript | pt2 (torch.export).")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="onnx | torchscript | pt2 (torch.export).")] = "onnx",
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the artifact folder, or ./<model>-sta-r<r1>).")
+        Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", show_default="the artifact folder, or ./<model>-sta-r<r1>", help="Output folder.")
     ] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 18,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Fix the batch size (default: dynamic).")] = None,
+    opset: Annotated[int, typer.Option("--opset", metavar="INT", help="ONNX opset (17 or newer).")] = 18,
+    batch: Annotated[Optional[int], typer.Option("--batch", metavar="INT", show_default="dynamic", help="Fix the batch size.")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision graph for GPU runtimes (STA scores stay float32).")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda: where validation (and tracing) runs.")] = "auto",
-    atol: Annotated[Optional[float], typer.Option("--atol", help="Max abs logit difference vs PyTorch fp32 (default 1e-4, fp16 5e-2).")] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda: where validation (and tracing) runs.")] = "auto",
+    atol: Annotated[Optional[float], typer.Option("--atol", metavar="FLOAT", show_default="1e-4; fp16: 5e-2", help="Max abs logit difference vs PyTorch fp32.")] = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help="Keep the export when only atol/top-1 checks fail.")] = False,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the comparison with PyTorch (graph checks still run).")] = False,
-    clip: Annotated[Optional[Path], typer.Option("--clip", help="Video to validate on (default: a synthetic clip).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it holds something else.")] = False,
-    r1: c.R1 = None,
-    first_group: c.FirstGroup = None,
-    seed: c.Seed = None,
-    order: c.Order = None,
-    schedule: c.Schedule = None,
-    similarity: c.Similarity = None,
-    score: c.Score = None,
-    revision: c.Revision = None,
-    token: c.Token = None,
-    json: c.Json = False,
+    clip: o.Clip = None,
+    force: o.Force = False,
+    quantize: Annotated[
+        Optional[str], typer.Option("--quantize", metavar="int8", show_default="none",
+                                    help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation of the linear layers; STA scores stay float32).")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float], typer.Option("--max-accuracy-drop", metavar="POINTS", show_default="2",
+                                      help="int8: fail past this drop of held-out top-1 vs float32 unpruned, in points (demo model only).")
+    ] = None,
+    accuracy_clips: Annotated[
+        Optional[int], typer.Option("--accuracy-clips", metavar="INT", show_default="256",
+                                    help="int8: held-out demo clips to measure top-1 on (0 skips).")
+    ] = None,
+    r1: o.R1 = None,
+    revision: o.Revision = None,
+    token: o.Token = None,
+    json: o.Json = False,
+    sta_options: dict | None = None,
+    arch=None,
 ):
     """Export a pruned model to ONNX, TorchScript or torch.export and validate it against PyTorch."""
     from ..export import export as run_export
@@ -52,19 +65,19 @@ def export(
         raise StaError("--batch and --dynamic-batch exclude each other")
     if source is not None and model is not None:
         raise StaError("give either SOURCE or --model, not both")
-    options = c.sta_options(first_group, seed, order, schedule, similarity, score)
+    options = sta_options
     spec = source or model
     if spec is None:
-        found = c.local_artifact("export")
-        if found is None:
+        spec = c.default_model("export", None)
+        if spec is None:
             raise StaError("no SOURCE: pass an artifact folder or --model, or run `sta prune` in this folder first")
-        spec = str(found)
     try:
         with c.Steps(quiet=False) as log:
             report = run_export(
                 spec, format, out, r1=r1, opset=opset, batch=batch, fp16=fp16, device=device, atol=atol,
                 allow_mismatch=allow_mismatch, validate_outputs=not no_validate, clip=clip, force=force,
-                revision=revision, token=token, log=log, **options,
+                revision=revision, token=token, arch=arch, log=log, quantize=quantize, max_accuracy_drop=max_accuracy_drop,
+                accuracy_clips=accuracy_clips, **options,
             )
     except ValidationFailed as e:
         failed = getattr(e, "report", None)
@@ -91,7 +104,7 @@ def print_block(report: dict) -> None:
 
 def print_files(report: dict) -> None:
     v = report["validation"]
-    failed = [x for x in v["checks"] if not x["ok"]]
+    failed = [x for x in v["checks"] + report.get("int8", {}).get("validation", {}).get("checks", []) if not x["ok"]]
     if v.get("skipped"):
         head = "Validation skipped (--no-validate)"
     elif failed:
@@ -102,3 +115,5 @@ def print_files(report: dict) -> None:
     c.out.print(f"config (labels, preprocessing, pruning settings): {report['files']['config']}", markup=False)
     if "weights" in report["files"]:
         c.out.print(f"external weights: {report['files']['weights']}", markup=False)
+    if "int8" in report["files"]:
+        c.out.print(f"int8 model (linear layers int8, STA scores float32): {report['files']['int8']}", markup=False)

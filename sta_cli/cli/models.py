@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..models.registry import ALIASES
 from . import common as c
+from . import options as o
 
 
 @c.handle_errors
-def models(json: c.Json = False):
+def models(json: o.Json = False):
     """List model aliases with size, classes and where the weights come from."""
     rows = [
         {"alias": a.name, "family": a.family, "size": a.size, "classes": a.classes, "dataset": a.dataset,

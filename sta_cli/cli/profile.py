@@ -8,49 +8,47 @@ from typing import Annotated, Optional
 import typer
 
 from . import common as c
+from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
+@o.sta_options
 def profile(
-    clip: Annotated[Optional[Path], typer.Argument(help="Video file (default: the demo model's sample clip).", show_default=False)] = None,
+    clip: Annotated[Optional[Path], typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip).")] = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="Artifact folder, alias, Hub repo id, folder or weights file "
-                     "(default: the artifact `sta prune` left here, else the packaged demo model)."),
+        typer.Option("--model", "-m", metavar="MODEL", show_default="the artifact `sta prune` left here, else the packaged demo model",
+                     help="Artifact folder, alias, Hub repo id, local folder or weights file."),
     ] = None,
-    r1: c.R1 = None,
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Clips per forward pass when timing.")] = 1,
-    views: Annotated[Optional[str], typer.Option("--views", help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.")] = None,
-    vis: Annotated[Optional[Path], typer.Option("--vis", help="Write the sampled frames with dropped tokens whitened (PNG).")] = None,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.")] = None,
-    sweep_png: Annotated[Optional[Path], typer.Option("--sweep-png", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png).")] = None,
-    runs: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    r1: o.R1 = None,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", metavar="FILE", help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).")] = None,
+    batch: Annotated[int, typer.Option("--batch", metavar="INT", help="Clips per forward pass when timing.")] = 1,
+    views: Annotated[Optional[str], typer.Option("--views", metavar="TxS", help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.")] = None,
+    vis: Annotated[Optional[Path], typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG).")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="R1,R1,...", help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.")] = None,
+    sweep_png: Annotated[Optional[Path], typer.Option("--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png).")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu or cuda.")] = "cpu",
     compile: Annotated[bool, typer.Option("--compile", help="Also time the model compiled with torch.compile (fullgraph), with its compile time.")] = False,
-    first_group: c.FirstGroup = None,
-    seed: c.Seed = None,
-    order: c.Order = None,
-    schedule: c.Schedule = None,
-    similarity: c.Similarity = None,
-    score: c.Score = None,
-    revision: c.Revision = None,
-    token: c.Token = None,
-    json: c.Json = False,
+    revision: o.Revision = None,
+    token: o.Token = None,
+    json: o.Json = False,
+    sta_options: dict | None = None,
+    arch=None,
 ):
     """Profile a model on a video: top-5 labels, parameters, GFLOPs, tokens, latency, unpruned vs pruned."""
     from .. import profile as lib
 
-    if model is None:
-        found = c.local_artifact("profile")
-        model = str(found) if found is not None else None
+    model = c.default_model("profile", model, demo=True)
     report = lib.profile(
         clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
         runs=runs, threads=threads, device=device, revision=revision, token=token, compile=compile,
+        arch=arch,
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
-        **c.sta_options(first_group, seed, order, schedule, similarity, score),
+        **sta_options,
     )
     for w in report["warnings"]:
         c.err.print(f"[yellow]warning:[/yellow] {w}")
@@ -94,6 +92,8 @@ def print_report(r: dict) -> None:
     if r["onnx"] is not None:
         note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
         table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
+    if p.get("onnxruntime_int8"):
+        table.add_row("ONNX Runtime int8 (CPU)", "-", _timing(p["onnxruntime_int8"]))
     share = p["torch"].get("sta_scoring_share")
     table.add_row("STA scoring share of the time", "", f"{share:.1%}" if share is not None else "-")
     c.out.print(table)

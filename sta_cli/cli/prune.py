@@ -10,31 +10,28 @@ import typer
 from .. import api
 from ..flops import FLOPS_LABEL
 from . import common as c
+from . import options as o
 
 
 @c.handle_errors
+@o.arch_options
+@o.sta_options
 def prune(
-    model: Annotated[str, typer.Option("--model", "-m", help="Alias (see `sta models`), Hub repo id, folder or weights file.")],
-    r1: Annotated[Optional[int], typer.Option("--r1", help="Tokens dropped per frame at the first stage (0 = no pruning; default: the paper's 64 of 196 scaled to the model, or an artifact's own).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: ./<model>-sta-r<r1>).")] = None,
-    clip: Annotated[Optional[Path], typer.Option("--clip", help="Video to validate on (default: a synthetic clip).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
-    first_group: c.FirstGroup = None,
-    seed: c.Seed = None,
-    order: c.Order = None,
-    schedule: c.Schedule = None,
-    similarity: c.Similarity = None,
-    score: c.Score = None,
-    revision: c.Revision = None,
-    token: c.Token = None,
-    json: c.Json = False,
+    model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL", show_default=False,
+                                       help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.")],
+    r1: o.R1 = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", show_default="./<model>-sta-r<r1>", help="Output folder.")] = None,
+    clip: o.Clip = None,
+    force: o.Force = False,
+    revision: o.Revision = None,
+    token: o.Token = None,
+    json: o.Json = False,
+    sta_options: dict | None = None,
+    arch=None,
 ):
     """Prune a model with STA and write an artifact (weights, config, settings, report)."""
     with c.Steps(quiet=False) as log:
-        report = api.prune(
-            model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log,
-            **c.sta_options(first_group, seed, order, schedule, similarity, score),
-        )
+        report = api.prune(model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log, **arch.given(), **sta_options)
     if json:
         c.print_json(report)
         return

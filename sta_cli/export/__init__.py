@@ -20,16 +20,19 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..log import Log, quiet
 from ..errors import StaError, ValidationFailed
-from ..io.artifact import atomic_dir, atomic_files, check_writable, model_config, write_json
+from ..io import artifact as art
+from ..io import outputs
+from ..io.artifact import model_config
 from ..io.checkpoints import resolve
 from .graph import ExportModule, example_input, io_spec, output_names
+from .quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
 from .validate import Case, Check, enforce, format_block, validate
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
@@ -38,11 +41,7 @@ DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
 DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
 
-Log = Callable[[str], None]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _first_line(e: Exception) -> str:
@@ -52,21 +51,10 @@ def _first_line(e: Exception) -> str:
 
 def _read_config(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def _looks_like_artifact(folder: Path) -> bool:
-    config = _read_config(folder) or {}
-    return (folder / "sta.json").exists() or config.get("format") == "sta-artifact"
-
-
-def check_artifact(folder: Path) -> None:
-    """An artifact folder must hold all of its files; name the missing ones."""
-    missing = [n for n in ARTIFACT_FILES if not (folder / n).is_file()]
-    if missing:
-        raise StaError(f"{folder} is an incomplete sta artifact: missing {', '.join(missing)} (re-run sta prune)")
+    return config if isinstance(config, dict) else None
 
 
 def check_arguments(format: str, opset: int, batch: int | None, atol: float | None, device: str) -> None:
@@ -114,20 +102,19 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log):
+def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None):
     """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
     path = Path(str(source)).expanduser()
-    artifact = path if path.is_dir() and _looks_like_artifact(path) else None
+    artifact = path if art.is_artifact(path) else None
     given = {k: v for k, v in {"r1": r1, **sta_options}.items() if v is not None}
     if artifact is not None:
-        check_artifact(artifact)
         if given:
             raise StaError(
                 f"{artifact} is an artifact with its own pruning settings; STA options ({', '.join('--' + k.replace('_', '-') for k in given)}) "
                 "apply to --model (or re-run sta prune)"
             )
     log(f"loading {source}")
-    src = resolve(str(source), revision=revision, token=token)
+    src = resolve(str(source), revision=revision, token=token, arch=arch)
     from ..api import from_source
 
     if artifact is not None:
@@ -142,36 +129,61 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
     return model.eval(), artifact
 
 
+def check_out(out: Path, force: bool) -> None:
+    """Fail before loading anything if OUT can be neither created nor written into."""
+    if not out.exists():
+        outputs.check_folder_target(out, force)
+    elif not out.is_dir():
+        raise StaError(f"{out} exists and is not a folder")
+    elif art.sta_kind(out) is None and any(out.iterdir()):
+        outputs.check_folder_target(out, force=True)  # raises: says what the folder holds
+    elif not os.access(out, os.W_OK | os.X_OK):
+        raise StaError(f"cannot write to {out}: permission denied")
+
+
 def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force: bool) -> tuple[Path, str]:
-    """Where the files go and how: ("into", folder) writes files into an existing folder,
-    ("new", folder) creates (or with --force replaces) the folder."""
+    """Where the files go and how: ("into", folder) adds files to the model's own artifact, an sta
+    export folder of the same model, or an empty folder; ("new", folder) creates the folder (or with
+    --force replaces another sta output)."""
     from ..api import default_output
 
     if out is None:
         out = artifact if artifact is not None else default_output(model.source_name, model.sta.r1)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StaError(f"{out} exists and is not a folder")
+    check_out(out, force)
     if not out.exists():
-        check_writable(out, force)
         return out, "new"
+    kind = art.sta_kind(out)
     same_artifact = artifact is not None and out.resolve() == artifact.resolve()
-    config = _read_config(out)
-    ours = config is not None and config.get("format") == "sta-export" and not (out / "sta.json").exists()
-    empty = not any(out.iterdir())
-    if not (same_artifact or ours or empty):
-        if (out / "sta.json").exists() and not force:
+    if same_artifact:
+        return out, "into"
+    if kind is None:  # check_out let only an empty folder through
+        return out, "new"
+    if kind == art.ARTIFACT:
+        if not force:
             raise StaError(f"{out} is another sta artifact: export it with `sta export {out}`, or choose another -o")
-        if force:
-            check_writable(out, force)
-            return out, "new"
-        raise StaError(f"{out} exists and is not this model's artifact or an sta export folder (pass --force to replace it)")
-    if ours and not force and (config.get("model") != model.cfg.to_dict() or config.get("sta", {}).get("r1") != model.sta.r1
-                               or {k: config.get("sta", {}).get(k) for k in model.sta.to_dict()} != model.sta.to_dict()):
+        return out, "new"
+    config = _read_config(out) or {}
+    if config.get("model") == model.cfg.to_dict() and config.get("sta", {}).get("r1") == model.sta.r1 and all(
+        config.get("sta", {}).get(k) == v for k, v in model.sta.to_dict().items()
+    ):
+        return out, "into"
+    if not force:
         raise StaError(f"{out} holds an export of another model or other pruning settings (pass --force to replace it)")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise StaError(f"cannot write to {out}: permission denied")
-    return out, "into"
+    return out, "new"
+
+
+def _is_empty_dir(folder: Path) -> bool:
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def replaced_note(folder: Path, format: str) -> str | None:
+    """What an export with --force replaces in `folder`, in words."""
+    old = ((_read_config(folder) or {}).get("exports") or {}).get(format)
+    if not (folder / FORMATS[format]).exists():
+        return None
+    what = f"{old.get('dtype', '?')}, batch {old.get('batch', '?')}, sta {old.get('sta_version', '?')}" if old else "not recorded"
+    return f"replacing {folder / FORMATS[format]} ({what})"
 
 
 def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, clip) -> list[Case]:
@@ -206,25 +218,25 @@ def export(
     force: bool = False,
     revision: str | None = None,
     token: str | bool | None = None,
-    log: Log = _quiet,
+    arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
+    log: Log = quiet,
+    quantize: str | None = None,
+    max_accuracy_drop: float | None = None,
+    accuracy_clips: int | None = None,
     **sta_options,
 ) -> dict:
     """Export `source` (an artifact folder, or a model spec with r1 and STA options) and validate it.
 
     Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
-    bad input and ValidationFailed when the export does not reproduce PyTorch.
+    bad input and ValidationFailed when the export does not reproduce PyTorch. quantize="int8" (ONNX)
+    also writes model.int8.onnx, validated against the float32 model (see export/quantize.py).
     """
     check_arguments(format, opset, batch, atol, device)
+    check_quantize(quantize, format, fp16, max_accuracy_drop, accuracy_clips)
     atol = atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL)
     if out is not None:  # fail before loading anything
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise StaError(f"{out} exists and is not a folder")
-        if not out.exists():
-            check_writable(out, force)
-        elif not os.access(out, os.W_OK | os.X_OK):
-            raise StaError(f"cannot write to {out}: permission denied")
-    model, artifact = load_source(source, r1, revision, token, sta_options, log)
+        check_out(Path(out), force)
+    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32
@@ -234,12 +246,18 @@ def export(
     spec = io_spec(model, batch, dtype)
     filename = FORMATS[format]
 
-    # Into an existing artifact or export folder: keep its config.json and add to it.
-    config = (_read_config(folder) if mode == "into" else None) or {**model_config(model), "format": "sta-export"}
-    config["sta"] = settings
-    config["exports"] = dict(config.get("exports") or {})
-
-    writer = atomic_files(folder, [filename, filename + ".data", "config.json"]) if mode == "into" else atomic_dir(folder, force)
+    config = {**model_config(model), "format": art.EXPORT, "sta": settings}  # for a new folder
+    files = [filename, filename + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if quantize else [])
+    entries: dict[str, dict] = {}  # this run's entries of config.json's "exports"
+    finalize = lambda tmp: write_records(tmp, folder, config, entries, files)  # noqa: E731
+    if mode == "into":
+        outputs.check_files(folder, files, force)
+        note = replaced_note(folder, format) if force else None
+        if note:
+            log(note)
+        writer = outputs.files_into(folder, files, ["config.json", art.MANIFEST], force, finalize=finalize)
+    else:
+        writer = outputs.new_folder(folder, force or _is_empty_dir(folder), finalize=finalize)
     report: dict = {
         "sta_version": __version__,
         "source": str(source),
@@ -302,9 +320,9 @@ def export(
         eager = ExportModule(model.to(dev)).eval()
         ref_run = lambda x: list(eager(x.to(dev, torch.float32)))  # noqa: E731
         report["reference"] = f"PyTorch float32 eager ({dev})"
+        cases = validation_cases(model, batch, dtype, clip) if validate_outputs else []
         if validate_outputs:
             log(f"validating against {report['reference']} ({report['runtime']})")
-            cases = validation_cases(model, batch, dtype, clip)
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
             result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
         else:
@@ -319,7 +337,7 @@ def export(
         except ValidationFailed as e:
             e.report = report  # the CLI prints the block before the error line
             raise
-        config["exports"][format] = {
+        entries[format] = {
             "file": filename,
             "dtype": report["dtype"],
             "batch": report["batch"],
@@ -331,12 +349,49 @@ def export(
             "max_abs_diff": result["max_abs_diff"],
             "sta_version": __version__,
         }
-        write_json(tmp / "config.json", config)
+        if quantize:
+            entries["onnx_int8"] = add_int8(report, path, model, ref_run, cases[0] if cases else None, names, batch,
+                                            DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
+                                            DEFAULT_ACCURACY_CLIPS if accuracy_clips is None else accuracy_clips,
+                                            allow_mismatch, log)
     report["output"] = str(folder)
     report["files"] = {"model": str(folder / filename), "config": str(folder / "config.json")}
     if (folder / (filename + ".data")).exists() and format == "onnx":
         report["files"]["weights"] = str(folder / (filename + ".data"))
+    if quantize:
+        report["files"]["int8"] = str(folder / INT8_FILE)
     return report
+
+
+def write_records(tmp: Path, folder: Path, config: dict, entries: dict[str, dict], files: list[str]) -> None:
+    """The writer's last step (under the publishing lock when adding to an existing folder): the
+    folder's config.json with this run's export entries, and the manifest with the new files' checksums."""
+    existing = art.sta_kind(folder) is not None and folder.is_dir()
+    current = (_read_config(folder) if existing else None) or config
+    current = {**current, "sta": config["sta"], "exports": {**(current.get("exports") or {}), **entries}}
+    outputs.write_json(tmp / "config.json", current)
+    new = [*files, "config.json"]
+    old = (art.manifest(folder) or {}).get("files", {}) if existing else {}
+    kind = (art.sta_kind(folder) if existing else None) or art.EXPORT
+    art.write_manifest(tmp, kind, new, {k: v for k, v in old.items() if k not in new})
+
+
+def add_int8(report: dict, path: Path, model, reference, case, names, batch, max_drop: float, clips: int,
+             allow_mismatch: bool, log: Log) -> dict:
+    """model.int8.onnx beside `path`, validated; its checks join the report's block. Returns its
+    config.json entry."""
+    entry, result, runtime = write_int8(path, model, reference, case, names, batch, max_drop, clips, log)
+    report["int8"] = {**entry, "runtime": runtime, "validation": result}
+    report["validation_block"] += format_block(
+        result, f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report['reference']}..."
+    )
+    try:
+        enforce(result, allow_mismatch)
+    except ValidationFailed as e:
+        failed = ValidationFailed(f"{INT8_FILE}: {e}")
+        failed.report = report  # the CLI prints the block before the error line
+        raise failed from None
+    return {**entry, "runtime": runtime, "sta_version": __version__}
 
 
 def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
@@ -348,7 +403,10 @@ def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
         Check(f"graph: opset {graph['opset']}, {graph['nodes']} nodes, {graph['topk']} TopK, {forbidden}", ops_ok),
     ]
     expected = model.tokens_per_stage
-    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(expected[1:]))
+    # One kept_positions output per STA stage: an unpruned model has none, even where (Video Swin)
+    # its token count changes from stage to stage by patch merging.
+    planned = [s.tokens_out for s in model.stages]
+    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned))
     # Every tensor numeric once the batch is fixed, and the kept_positions outputs declare the planned counts.
     static = not graph["not_static"] and outputs_static
     detail = " -> ".join(map(str, expected))

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..errors import StaError
 from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
+from ..runtime.ort import session as ort_session  # export validation runs its graphs on this
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
@@ -153,30 +154,6 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
         "outputs": outputs,
     }
 
-
-def ort_session(path: Path, device: str, threads: int | None = None):
-    """(session, provider, note). device auto | cpu | cuda: CUDA when onnxruntime-gpu is installed and a
-    GPU is visible (auto, cuda), else the CPU with a note saying why."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    want_cuda = device in ("auto", "cuda")
-    note = ""
-    providers = ["CPUExecutionProvider"]
-    if want_cuda:
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        elif device == "cuda":
-            note = "onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu); using the CPU"
-    session = ort.InferenceSession(str(path), options, providers=providers)
-    used = session.get_providers()[0]
-    if want_cuda and providers[0] == "CUDAExecutionProvider" and used != "CUDAExecutionProvider":
-        note = "no GPU visible to onnxruntime; using the CPU"
-    return session, used, note
 
 
 def run_session(session, x: torch.Tensor) -> list[torch.Tensor]:

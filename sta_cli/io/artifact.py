@@ -1,132 +1,145 @@
-"""The artifact `sta prune` writes, and atomic output folders.
+"""What an sta artifact is: its files, its format marker and the checksums that make it trustworthy.
 
-An artifact folder holds:
+An artifact folder (written by `sta prune`) holds:
   model.safetensors  weights in sta's layout
   config.json        architecture, labels, preprocessing, source
   sta.json           pruning settings
   report.json        what `sta prune` measured
-Every writer builds its folder under a temporary name next to the target and renames it at the
-end, so a failure never leaves a half-written output behind.
+  manifest.json      {"format": "sta-artifact", "files": {name: {"sha256", "bytes"}}}
+`sta export` adds its model files (model.onnx, model.pt, ...) and their checksums; an export into a
+folder of its own is an "sta-export" folder with the same manifest. Loading checks every recorded
+file it reads against its checksum, so a damaged or replaced file is an error, never a result.
+Writing itself (temporary folders, atomic publish, --force rules) is `io.outputs`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from .. import __version__
 from ..errors import StaError
 from ..pruning import STAConfig
+from .outputs import is_tmp, write_json
 
-FORMAT_VERSION = 1
-
-
-def check_writable(out: Path, force: bool) -> None:
-    """Fail early, before any heavy work, if `out` cannot be (re)created."""
-    if out.exists() and not force:
-        raise StaError(f"{out} already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise StaError(f"{out} exists and is not a folder")
-    parent = out.resolve().parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StaError(f"cannot write to {out}: {probe} is not writable")
+MANIFEST = "manifest.json"
+ARTIFACT, EXPORT = "sta-artifact", "sta-export"
+FORMAT_VERSION = 2
+ARTIFACT_FILES = ("model.safetensors", "config.json", "sta.json")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path, force: bool = False):
-    """Yield a temporary folder; on success it replaces `out`, on any error it disappears."""
-    out = Path(out)
-    check_writable(out, force)
+def _read_json(path: Path) -> dict | None:
     try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is a normal folder
-    except OSError as e:
-        raise StaError(f"cannot write to {out}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:  # disk full, permissions changed under us...: a clean error, nothing left
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StaError(f"cannot write {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
-@contextlib.contextmanager
-def atomic_files(folder: Path, names: list[str]):
-    """Yield a temporary folder whose files, on success, are moved into `folder` (for outputs that
-    go inside an existing folder, such as an export into an artifact)."""
+def sta_kind(folder: Path) -> str | None:
+    """"sta-artifact" or "sta-export" if sta wrote `folder` (its manifest, or an sta 0.1 config.json), else None."""
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".sta-", suffix=".tmp", dir=folder))
-    except OSError as e:
-        raise StaError(f"cannot write to {folder}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        for name in names:
-            if (tmp / name).exists():
-                os.replace(tmp / name, folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if is_tmp(folder) or not folder.is_dir():
+        return None
+    kind = (manifest(folder) or {}).get("format")
+    if kind in (ARTIFACT, EXPORT):
+        return kind
+    legacy = (_read_json(folder / "config.json") or {}).get("format")  # sta 0.1 wrote no manifest
+    if legacy == EXPORT or legacy == ARTIFACT and (folder / "sta.json").is_file():
+        return legacy
+    return None
+
+
+def is_artifact(folder: Path) -> bool:
+    return sta_kind(folder) == ARTIFACT
+
+
+def find_artifacts(folder: Path = Path(".")) -> list[Path]:
+    """Artifact folders directly inside `folder` (or `folder` itself), newest first; hidden and
+    temporary folders (a run in progress, or one that crashed) are never artifacts."""
+    folder = Path(folder)
+    found = [folder] if is_artifact(folder) else []
+    if folder.is_dir():
+        found += [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and is_artifact(p)]
+    return sorted(found, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+
+
+# --- checksums --------------------------------------------------------------------------------------------
+
+
+def file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": Path(path).stat().st_size}
+
+
+def manifest(folder: Path) -> dict | None:
+    return _read_json(Path(folder) / MANIFEST)
+
+
+def write_manifest(tmp: Path, kind: str, names: list[str], keep: dict | None = None) -> None:
+    """manifest.json in `tmp`: checksums of `names` (files in `tmp`) plus the `keep` records of files
+    already published beside it."""
+    files = dict(keep or {})
+    files.update({name: file_record(tmp / name) for name in names if (tmp / name).is_file()})
+    write_json(tmp / MANIFEST, {"format": kind, "format_version": FORMAT_VERSION, "sta_version": __version__, "files": files})
+
+
+def verify(folder: Path, names: list[str] | None = None) -> None:
+    """Check the files sta recorded in `folder` (or just `names`) against their checksums. Folders
+    without a manifest (written by sta 0.1) have nothing to check."""
+    folder = Path(folder)
+    record = manifest(folder)
+    if record is None:
+        if (folder / MANIFEST).exists():
+            raise StaError(f"{folder / MANIFEST} is unreadable: the artifact is damaged (re-run sta prune)")
+        return
+    files = record.get("files") or {}
+    for name in names if names is not None else list(files):
+        if name not in files:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise StaError(f"{path} is missing: the artifact is incomplete (re-run sta prune)")
+        expected = files[name]
+        if path.stat().st_size != expected.get("bytes") or file_record(path)["sha256"] != expected.get("sha256"):
+            raise StaError(f"{path} does not match the checksum sta recorded when it wrote it: the file was changed or damaged")
+
+
+def check_complete(folder: Path) -> None:
+    """An artifact must hold all of its files; name the missing ones."""
+    missing = [n for n in ARTIFACT_FILES if not (Path(folder) / n).is_file()]
+    if missing:
+        raise StaError(f"{folder} is an incomplete sta artifact: missing {', '.join(missing)} (re-run sta prune)")
+
+
+# --- the artifact's contents ------------------------------------------------------------------------------
 
 
 def model_config(model: nn.Module) -> dict:
     """config.json: everything needed to rebuild the network and feed it."""
     return {
-        "format": "sta-artifact",
+        "format": ARTIFACT,
         "format_version": FORMAT_VERSION,
         "architecture": model.family,
         "model": model.cfg.to_dict(),
         "labels": list(model.labels),
         "preprocessing": dict(model.preprocessing),
         "source": getattr(model, "source_name", None),
+        "provenance": getattr(model, "provenance", None),  # where input size, heads, normalisation came from
     }
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
 def write_model(folder: Path, model: nn.Module, sta: STAConfig) -> None:
-    """Weights, config.json and sta.json into `folder` (a temporary folder from `atomic_dir`);
-    `report.json` follows once the written model has been validated."""
+    """Weights, config.json and sta.json into `folder` (a temporary folder from `outputs.new_folder`);
+    report.json and the manifest follow once the written model has been validated."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", "producer": "sta"})
     write_json(folder / "config.json", model_config(model))
     write_json(folder / "sta.json", {**sta.to_dict(), "stages": [s.__dict__ for s in model.stages]})
-
-
-def is_artifact(folder: Path) -> bool:
-    return (folder / "sta.json").is_file() and (folder / "config.json").is_file()
-
-
-def find_artifacts(folder: Path = Path(".")) -> list[Path]:
-    """Artifact folders directly inside `folder` (or `folder` itself), newest first."""
-    folder = Path(folder)
-    found = [folder] if is_artifact(folder) else []
-    found += [p for p in folder.iterdir() if p.is_dir() and is_artifact(p)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: (p / "sta.json").stat().st_mtime, reverse=True)

@@ -2,21 +2,28 @@
 
 Loading never executes code from a checkpoint: safetensors first, otherwise
 `torch.load(weights_only=True)`, which refuses pickles that hold anything but tensors and containers.
+The one extra type allowed is `argparse.Namespace`: VideoMAE's and VideoMAE V2's `utils.save_model`
+store the training arguments in it, and unpickling it only sets attributes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import StaError
+from ..models.overrides import log
+from ..models.overrides import ArchOverrides
 from ..models.registry import ALIASES, Alias
+from . import artifact
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 # Looked up in this order in a folder or a Hub repo.
@@ -36,6 +43,7 @@ class Source:
     sta: dict | None = None  # sta.json of an sta artifact
     alias: Alias | None = None
     hub: dict | None = field(default=None)  # repo id and revision when it came from the Hub
+    arch: ArchOverrides = field(default_factory=ArchOverrides)  # explicit --num-heads, --image-size, ...
 
     @property
     def is_artifact(self) -> bool:
@@ -44,9 +52,12 @@ class Source:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise StaError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise StaError(f"{path} is not a JSON object (it holds a {type(obj).__name__})")
+    return obj
 
 
 def _weights_in(folder: Path) -> list[Path]:
@@ -74,26 +85,60 @@ def _expand_index(path: Path) -> list[Path]:
     return files
 
 
+def _folder_name(path: Path) -> str:
+    """A folder's name; a Hugging Face cache snapshot (models--org--repo/snapshots/<commit>) is named by its repo."""
+    path = path.absolute()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.resolve().name
+
+
 def local_source(path: Path, spec: str) -> Source:
     if path.is_dir():
+        kind = artifact.sta_kind(path)
+        if kind == artifact.ARTIFACT:
+            artifact.check_complete(path)
+        if kind is not None:  # what sta wrote is read only if it is what sta wrote
+            artifact.verify(path, [*artifact.ARTIFACT_FILES, "preprocessor_config.json"])
         config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
         pre = path / "preprocessor_config.json"
-        sta = path / "sta.json"
+        sta = path / "sta.json" if kind == artifact.ARTIFACT else None
         return Source(
             spec=spec,
-            name=path.resolve().name,
+            name=_folder_name(path),
             weights=_weights_in(path),
             config=config,
             preprocessor=_read_json(pre) if pre.is_file() else None,
-            sta=_read_json(sta) if sta.is_file() else None,
+            sta=_read_json(sta) if sta is not None else None,
         )
     if path.suffix not in WEIGHT_SUFFIXES and not path.name.endswith(".index.json"):
         raise StaError(f"{path} is not a weights file (expected {', '.join(WEIGHT_SUFFIXES)}) or a model folder")
+    if artifact.sta_kind(path.parent) is not None:
+        artifact.verify(path.parent, [path.name])
     return Source(spec=spec, name=path.stem, weights=_expand_index(path))
 
 
-def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
-    """Fetch (or find in the Hugging Face cache) a repo's config and weights with huggingface_hub."""
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """None if the Hub endpoint (HF_ENDPOINT) answers at all, else why not.
+
+    huggingface_hub retries a refused or timed-out connection with backoff for every file (minutes,
+    dozens of log lines), so sta asks once, with a short timeout, before fetching anything.
+    """
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    from huggingface_hub import constants
+
+    try:
+        urlopen(Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except HTTPError:  # it answered
+        return None
+    except (URLError, OSError, ValueError) as e:
+        return f"{constants.ENDPOINT}: {getattr(e, 'reason', None) or e}"
+    return None
+
+
+def _hub_fetcher(repo_id: str, revision: str | None, token, local_only: bool):
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -105,7 +150,7 @@ def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str 
 
     def fetch(filename: str) -> Path | None:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, token=token))
+            return Path(hf_hub_download(repo_id, filename, revision=revision, token=token, local_files_only=local_only))
         except (EntryNotFoundError, LocalEntryNotFoundError):
             return None
         except GatedRepoError:
@@ -117,10 +162,10 @@ def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str 
         except OSError as e:
             raise StaError(f"cannot download {filename} from {repo_id}: {e}") from None
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hub or in the cache"
-    config = fetch("config.json")
-    weights = None
+    return fetch
+
+
+def _hub_weights(fetch, repo_id: str, where: str) -> list[Path] | None:
     for name in WEIGHT_NAMES:
         p = fetch(name)
         if p is None:
@@ -129,12 +174,32 @@ def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str 
             for shard in sorted(set(_read_json(p).get("weight_map", {}).values())):
                 if fetch(shard) is None:
                     raise StaError(f"{repo_id}: shard {shard} is not available {where}")
-        weights = _expand_index(p)
-        break
+        return _expand_index(p)
+    return None
+
+
+def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
+    """Fetch (or find in the Hugging Face cache) a repo's config and weights with huggingface_hub.
+
+    Without network (and without HF_HUB_OFFLINE) a repo complete in the cache is used as it is; one
+    that is not fails at once with one line.
+    """
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    unreachable = None if offline else hub_unreachable()
+    fetch = _hub_fetcher(repo_id, revision, token, local_only=offline or unreachable is not None)
+    where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hub or in the cache"
+    config = fetch("config.json")
+    weights = _hub_weights(fetch, repo_id, where)
     missing = ([] if config else ["config.json"]) + ([] if weights else ["model.safetensors or pytorch_model.bin"])
+    if missing and unreachable:
+        raise StaError(f"the Hub is unreachable ({unreachable}) and {repo_id} is not in the local cache; "
+                       "connect to the network, or set HF_HUB_OFFLINE=1 to use the local cache only")
     if missing:
         hint = " (download it once with network access: hf download " + repo_id + ")" if offline else ""
         raise StaError(f"{repo_id}: {' and '.join(missing)} not found {where}{hint}")
+    if unreachable:
+        log.warning(f"the Hub is unreachable ({unreachable}): using {repo_id} from the local cache "
+                    "(set HF_HUB_OFFLINE=1 to skip this check)")
     pre = fetch("preprocessor_config.json")
     return Source(
         spec=spec,
@@ -183,8 +248,15 @@ def url_source(url: str, spec: str) -> Source:
     return Source(spec=spec, name=path.stem, weights=[path])
 
 
-def resolve(spec: str, revision: str | None = None, token: str | bool | None = None) -> Source:
-    """alias | local folder or file | Hub repo id -> Source."""
+def resolve(spec: str, revision: str | None = None, token: str | bool | None = None, arch: ArchOverrides | None = None) -> Source:
+    """alias | local folder or file | Hub repo id -> Source; `arch` (explicit input size, heads,
+    normalisation) travels with it to the builder."""
+    source = _resolve(spec, revision, token)
+    source.arch = arch or ArchOverrides()
+    return source
+
+
+def _resolve(spec: str, revision: str | None, token: str | bool | None) -> Source:
     alias = ALIASES.get(spec)
     if alias is not None:
         if alias.packaged:
@@ -216,6 +288,27 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     raise StaError(f"{path} holds no state dict (looked at the top level and under 'module', 'model', 'state_dict')")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
+_WEIGHTS_ONLY_DETAIL = re.compile(r"WeightsUnpickler error: ([^\n]+)")
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's first line without terminal escapes (torch's messages carry bold markers and advice)."""
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol >= 2: 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise StaError(f"cannot read {path}: {e.strerror or e}") from None
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """One weights file -> state dict on the CPU, without executing code from it."""
     if path.suffix == ".safetensors":
@@ -224,14 +317,25 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise StaError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+            raise StaError(f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}") from None
+    if not _looks_like_torch_file(path):
+        raise StaError(f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Its warnings (an unusual pickle protocol, ...) are about the file sta is judging here.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StaError(f"{path} is not plain weights; refusing to load it ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
-        raise StaError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from None
+        text = _ANSI.sub("", str(e))
+        if m := _UNSAFE_GLOBAL.search(text):
+            raise StaError(f"{path} is not plain weights: it holds a Python object ({m.group(1)}) whose unpickling "
+                           "could run code; refusing to load it") from None
+        if "Weights only load failed" in text:  # torch's text goes on with advice sta must not pass on
+            m = _WEIGHTS_ONLY_DETAIL.search(text)
+            raise StaError(f"{path} is not plain weights; refusing to load it ({m.group(1).strip() if m else 'the safe unpickler rejected it'})") from None
+        raise StaError(f"{path} is not a checkpoint (unreadable pickle: {_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
+        raise StaError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}") from None
     return _unwrap(obj, path)
 
 

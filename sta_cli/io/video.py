@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from ..errors import StaError
 
 # Show a progress bar (stderr) when decoding at least this many frames or counting a file this big.
+# What sta takes for a video when it looks through a folder (eval datasets, the demo's sample).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
 PROGRESS_MIN_FRAMES = 300
 PROGRESS_MIN_BYTES = 64 << 20
 # A stream that ends before this share of what its header announces is reported as truncated.
@@ -201,7 +203,8 @@ def open_video(path: Path) -> Iterator:
     path = Path(path)
     _check_path(path)
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        # av < 19 raises on undecodable metadata unless told to ignore it; av 19 always decodes it leniently and dropped the option
+        container = av.open(str(path), **({"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}))
     except av.FFmpegError as e:
         raise StaError(f"{path} is not a video FFmpeg can read, or is corrupt ({_ffmpeg_reason(e)})") from None
     except (OSError, ValueError) as e:

@@ -1,10 +1,19 @@
 """Backbones, and turning a resolved checkpoint (io.checkpoints.Source) into a ready model.
 
 Each backbone module provides a config dataclass, the nn.Module, a `checkpoint_filter_fn` that maps
-foreign key layouts into ours, and `config_from_state_dict` for weights that come without a config.
+foreign key layouts into ours, and `shapes_from_state_dict` for what its weights fix. What weights
+cannot tell (input size, frames, heads, normalisation) comes from a config, from explicit options
+(`overrides.ArchOverrides`), or, for the released architectures only, from their published values;
+`Provenance` records which, and the model carries it (`model.provenance`).
+
+Models are first built on the meta device and checked against the weights' shapes, so a config that
+does not fit its weights fails before anything is allocated.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -12,10 +21,15 @@ import torch.nn as nn
 from ..errors import StaError
 from ..pruning import STAConfig
 from . import videomae, videoswin
-from .registry import ALIASES, Alias
+from .overrides import ALIAS, ASSUMED, CONFIG, KNOWN, OPTION, WEIGHTS, ArchOverrides, Provenance
+from .registry import ALIASES, DATASET_LABELS, Alias
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Hub repos converted from the original 6-head ViT-S whose config.json says 16 heads (transformers'
+# converter kept its default); a model fine-tuned from them with transformers really has 16.
+CONVERTED_6_HEAD_SMALL = ("MCG-NJU/videomae-small-finetuned-kinetics", "MCG-NJU/videomae-small-finetuned-ssv2")
 
 
 def _names(keys, limit=6) -> str:
@@ -24,9 +38,8 @@ def _names(keys, limit=6) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict that names unknown, missing and mis-shaped keys in one StaError."""
-    expected = model.state_dict()
+def check_fit(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str) -> None:
+    """Name unknown, missing and mis-shaped keys in one StaError (`expected`: a state dict, meta is fine)."""
     unknown = set(sd) - set(expected)
     missing = set(expected) - set(sd)
     shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
@@ -39,32 +52,87 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> Non
         problems.append(f"mismatched shapes {_names(shapes, 3)}")
     if problems:
         raise StaError(f"{what} does not fit the model: " + "; ".join(problems))
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict that names unknown, missing and mis-shaped keys in one StaError."""
+    expected = model.state_dict()
+    check_fit(expected, sd, what)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()})
 
 
-def default_preprocessing(num_frames: int, image_size: int, frame_stride: int, pre: dict | None = None) -> dict:
-    """How clips are sampled and normalised for this model (reference-notes §4)."""
-    pre = pre or {}
+def build_checked(make: Callable[[], nn.Module], sd: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """make() on the meta device first (no memory), check the weights fit, then build and load for real."""
+    with torch.device("meta"):
+        check_fit(make().state_dict(), sd, what)
+    model = make()
+    load_strict(model, sd, what)
+    return model
+
+
+def _check_against_weights(cfg: dict, shapes: dict, names: dict[str, str], what: str) -> None:
+    """A config value the weights contradict is one StaError, before anything is built."""
+    for key, weight_value in shapes.items():
+        if key in names and key in cfg and cfg[key] != weight_value:
+            raise StaError(f"{what}: the config says {names[key]} {cfg[key]!r} but the weights have {weight_value!r}")
+
+
+def _labels(config: dict, num_classes: int, prov: Provenance, dataset: str | None = None) -> list[str]:
+    if isinstance(config.get("labels"), list) and len(config["labels"]) == num_classes:
+        return [str(v) for v in config["labels"]]
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and len(id2label) == num_classes:
+        return [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(num_classes)]
+    known = DATASET_LABELS.get(num_classes)
+    if known is not None and dataset in (None, "kinetics400", "ssv2"):
+        name, labels = known
+        origin = ALIAS if dataset else ASSUMED
+        prov.set("labels", name, origin, None if dataset else f"a {num_classes}-class head")
+        return labels()
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _preprocessing(source, num_frames: int, image_size: int, short_side: int, stride: int, arch: ArchOverrides,
+                   prov: Provenance, fair_default: str | None, what: str) -> dict:
+    """How clips are sampled and normalised (sta's spelling); mean/std from an option, the
+    preprocessor_config.json, or the released models' ImageNet values."""
+    pre = source.preprocessor if isinstance(source.preprocessor, dict) else {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
-    return {
-        "num_frames": num_frames,
-        "frame_stride": frame_stride,
-        "short_side": image_size,
-        "crop_size": crop,
-        "mean": list(pre.get("image_mean", IMAGENET_MEAN)),
-        "std": list(pre.get("image_std", IMAGENET_STD)),
-        "value_range": 1.0,  # mean/std apply to pixels scaled to [0, 1]
-    }
+    out = {"num_frames": num_frames, "frame_stride": stride, "short_side": short_side, "crop_size": crop, "value_range": 1.0}
+    for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        given = getattr(arch, name)
+        if given is not None:
+            value, origin, why = given, OPTION, None
+        elif f"image_{name}" in pre:
+            value, origin, why = tuple(pre[f"image_{name}"]), CONFIG, None
+        else:
+            value, origin, why = default, ASSUMED, f"ImageNet, as {fair_default} was trained"
+        out[name] = list(ArchOverrides.parse(**{name: value}).given()[name])
+        prov.set(name, tuple(out[name]), origin, why)
+    return out
 
 
-def _labels(config: dict | None, num_classes: int) -> list[str]:
-    if config and isinstance(config.get("labels"), list):
-        return list(config["labels"])
-    id2label = (config or {}).get("id2label") or {}
-    if len(id2label) == num_classes:
-        return [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(num_classes)]
-    return [f"class_{i}" for i in range(num_classes)]
+def _repo_ids(source) -> set[str]:
+    """Hub repo ids this checkpoint is known by: the Hub source, the alias, or a Hugging Face cache path."""
+    ids = set()
+    if source.hub:
+        ids.add(source.hub.get("repo_id"))
+    if source.alias is not None:
+        ids.add(source.alias.source)
+    for path in [Path(source.spec).expanduser(), *source.weights]:
+        for part in Path(path).absolute().parts:
+            if part.startswith("models--"):
+                ids.add(part[len("models--"):].replace("--", "/"))
+    return ids
+
+
+def _missing_error(what: str, kind: str, missing: list[str]) -> StaError:
+    options = " ".join(f"--{m.replace('_', '-')}" for m in missing)
+    return StaError(
+        f"{what}: {kind} is not a released architecture, and nothing gives its {', '.join(missing)}: "
+        f"put a config.json next to the weights, or pass {options} (keywords of sta_cli.load / sta_cli.prune)"
+    )
 
 
 def family_of(config: dict, alias: Alias | None, sd: dict[str, torch.Tensor]) -> str:
@@ -81,69 +149,175 @@ def family_of(config: dict, alias: Alias | None, sd: dict[str, torch.Tensor]) ->
     return "videomae"
 
 
-def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig) -> nn.Module:
-    config = source.config or {}
-    sd = videomae.checkpoint_filter_fn(sd)
-    what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
-    if "architecture" in config:  # sta's own spelling
-        cfg = videomae.VideoMAEConfig.from_dict(config["model"])
-    elif config.get("model_type") == "videomae" or "hidden_size" in config:  # transformers' spelling
-        cfg = videomae.VideoMAEConfig.from_hf(config)
+# --- VideoMAE ----------------------------------------------------------------------------------------
+
+_INPUT = ("num_heads", "image_size", "num_frames")
+_VIDEOMAE_SHAPE_NAMES = {k: k for k in ("embed_dim", "depth", "mlp_dim", "num_classes", "patch_size", "tubelet_size", "in_chans")}
+_HF_NAMES = {"embed_dim": "hidden_size", "depth": "num_hidden_layers", "mlp_dim": "intermediate_size",
+             "num_classes": "num_labels", "patch_size": "patch_size", "tubelet_size": "tubelet_size", "in_chans": "num_channels"}
+
+
+def _videomae_config_fields(source, config: dict, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
+    """Architecture fields from sta's or transformers' config (checked against the weights), else the weights."""
+    if "architecture" in config:
+        fields, names = videomae.VideoMAEConfig.from_dict(config.get("model")).to_dict(), _VIDEOMAE_SHAPE_NAMES
+    elif config.get("model_type") == "videomae" or "hidden_size" in config:
+        fields, names = videomae.VideoMAEConfig.from_hf(config).to_dict(), _HF_NAMES
     else:
-        cfg = videomae.config_from_state_dict(sd)
+        return _videomae_from_weights(source, shapes, arch, prov, what)
+    _check_against_weights(fields, shapes, names, what)
+    for k in _INPUT:
+        prov.set(k, fields[k], CONFIG)
+    if "hidden_size" in config and "architecture" not in config and arch.num_heads is None:
+        _converted_small_heads(source, fields, prov)
+    return fields
+
+
+def _converted_small_heads(source, fields: dict, prov: Provenance) -> None:
+    """The MCG-NJU ViT-S repos run with 6 heads (the original's), whatever their config.json says."""
+    if (fields["embed_dim"], fields["depth"], fields["num_heads"]) == (384, 12, 16) and _repo_ids(source) & set(CONVERTED_6_HEAD_SMALL):
+        fields["num_heads"] = 6
+        prov.set("num_heads", 6, KNOWN, "converted from the original 6-head ViT-S, its config.json says 16; --num-heads 16 follows the config")
+
+
+def _videomae_from_weights(source, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
+    """No config: the weights give the widths; a released architecture gives its heads and input, else options must."""
+    rel = videomae.released(shapes)
+    prov.set("architecture", rel[0] if rel else f"{shapes['embed_dim']}-wide, {shapes['depth']}-block VideoMAE", WEIGHTS)
+    if rel is None:
+        missing = [k for k in _INPUT if getattr(arch, k) is None] + [k for k in ("mean", "std") if getattr(arch, k) is None]
+        if missing:
+            raise _missing_error(what, f"a {shapes['embed_dim']}-wide, {shapes['depth']}-block VideoMAE", missing)
+        return dict(shapes, **{k: getattr(arch, k) for k in _INPUT})
+    defaults = {"num_heads": rel[1], **videomae.RELEASED_INPUT}
+    for k, v in defaults.items():
+        prov.set(k, v, ASSUMED, f"released {rel[0]}")
+    return dict(shapes, **defaults)
+
+
+def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance) -> nn.Module:
+    config = source.config or {}
+    what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
+    sd = videomae.checkpoint_filter_fn(sd)
     if "head.weight" not in sd and "blocks.0.norm1.weight" in sd:
         raise StaError(f"{what} has no classification head: a pre-training checkpoint? use a fine-tuned one")
-    model = videomae.VideoMAE(cfg)
-    load_strict(model, sd, what)
+    if any(k.endswith(".attn.scale") for k in sd):
+        raise StaError(f"{what} uses cosine attention (VideoMAE V2 cos_attn), which sta does not implement")
+    pos = sd.pop("pos_embed", None)  # mmaction2 keeps the (fixed) sinusoid table: checked, then recomputed
+    fields = _videomae_config_fields(source, config, videomae.shapes_from_state_dict(sd), arch, prov, what)
+    for k in _INPUT:
+        if getattr(arch, k) is not None:
+            fields[k] = getattr(arch, k)
+            prov.set(k, fields[k], OPTION)
+    cfg = videomae.VideoMAEConfig(**fields)
+    if pos is not None and pos.dim() == 3 and pos.shape[1] != cfg.num_tokens:
+        raise StaError(f"{what}: its position table has {pos.shape[1]} tokens, a {cfg.num_frames}x{cfg.image_size}^2 "
+                       f"input gives {cfg.num_tokens}: pass --num-frames / --image-size")
+    model = build_checked(lambda: videomae.VideoMAE(cfg), sd, what)
     model.set_sta(sta)
-    stride = source.alias.frame_stride if source.alias else (2 if cfg.num_classes == 174 else 4)
-    model.labels = _labels(config, cfg.num_classes)
-    model.preprocessing = config.get("preprocessing") or default_preprocessing(
-        cfg.num_frames, cfg.image_size, stride, source.preprocessor
-    )
+    model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
+    if isinstance(config.get("preprocessing"), dict):
+        model.preprocessing = dict(config["preprocessing"])
+    else:
+        stride = _stride(source, cfg.num_classes, 4, prov)
+        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE", what)
     return model
 
 
-def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig) -> nn.Module:
+def _stride(source, num_classes: int, kinetics_stride: int, prov: Provenance) -> int:
+    if source.alias is not None:
+        prov.set("frame_stride", source.alias.frame_stride, ALIAS)
+        return source.alias.frame_stride
+    stride = 2 if num_classes == 174 else kinetics_stride
+    prov.set("frame_stride", stride, ASSUMED, "the release's Something-Something v2 protocol" if num_classes == 174 else "the release's Kinetics protocol")
+    return stride
+
+
+# --- Video Swin ----------------------------------------------------------------------------------------
+
+_SWIN_SHAPE_NAMES = {k: k for k in ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "num_classes", "in_chans")}
+
+
+def _videoswin_fields(source, config: dict, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
+    if "architecture" in config:
+        fields = videoswin.VideoSwinConfig.from_dict(config.get("model")).to_dict()
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        _check_against_weights(fields, shapes, _SWIN_SHAPE_NAMES, what)
+        for k in ("image_size", "num_frames"):
+            prov.set(k, fields[k], CONFIG)
+        return fields
+    rel = videoswin.released(shapes)
+    prov.set("architecture", rel or f"{shapes['embed_dim']}-wide Video Swin {list(shapes['depths'])}", WEIGHTS)
+    if rel is None and source.alias is None:
+        missing = [k for k in ("image_size", "num_frames", "mean", "std") if getattr(arch, k) is None]
+        if missing:
+            raise _missing_error(what, f"a {shapes['embed_dim']}-wide Video Swin with depths {list(shapes['depths'])}", missing)
+    origin, why = (ASSUMED, f"released {rel}") if rel else (ALIAS, source.alias.name if source.alias else None)
+    for k, v in videoswin.RELEASED_INPUT.items():
+        prov.set(k, v, origin, why)
+    return dict(shapes, **videoswin.RELEASED_INPUT)
+
+
+def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance) -> nn.Module:
     config = source.config or {}
     what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
     volume = videoswin.window_hint(sd)
     sd = videoswin.checkpoint_filter_fn(sd)
-    if "architecture" in config:  # sta's own spelling
-        cfg = videoswin.VideoSwinConfig.from_dict(config["model"])
-    else:
-        cfg = videoswin.config_from_state_dict(sd, volume)
-    model = videoswin.VideoSwin(cfg)
-    load_strict(model, sd, what)
+    shapes = videoswin.shapes_from_state_dict(sd, volume)
+    if arch.num_heads is not None:
+        raise StaError(f"--num-heads does not apply to Video Swin: its head counts {list(shapes['num_heads'])} are in its weights")
+    fields = _videoswin_fields(source, config, shapes, arch, prov, what)
+    for k in ("image_size", "num_frames"):
+        if getattr(arch, k) is not None:
+            fields[k] = getattr(arch, k)
+            prov.set(k, fields[k], OPTION)
+    cfg = videoswin.VideoSwinConfig(**fields)
+    model = build_checked(lambda: videoswin.VideoSwin(cfg), sd, what)
     model.set_sta(sta)
-    stride = source.alias.frame_stride if source.alias else 2  # the release's K400 protocol: 32 frames, stride 2
-    labels = config.get("labels") or (videoswin.kinetics400_labels() if cfg.num_classes == 400 else None)
-    model.labels = _labels({"labels": labels} if labels else config, cfg.num_classes)
-    model.preprocessing = config.get("preprocessing") or default_preprocessing(cfg.num_frames, cfg.image_size, stride)
+    model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
+    if isinstance(config.get("preprocessing"), dict):
+        model.preprocessing = dict(config["preprocessing"])
+    else:
+        # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
+        short = round(cfg.image_size * 256 / 224)
+        stride = _stride(source, cfg.num_classes, 2, prov)
+        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin", what)
     return model
 
 
-# family -> builder(source, raw state dict, sta) and a test on state-dict keys for files without a
-# config. Order matters: Video Swin keys also start with patch_embed.proj.
+# family -> builder(source, raw state dict, sta, overrides, provenance) and a test on state-dict keys
+# for files without a config. Order matters: Video Swin keys also start with patch_embed.proj.
 BUILDERS = {"videomae": build_videomae, "videoswin": build_videoswin}
 KEY_SIGNATURES = {
     "videoswin": lambda k: k.startswith(("features.", "backbone.layers.", "layers.")),
-    "videomae": lambda k: k.startswith(("videomae.", "blocks.", "patch_embed.proj")),
+    "videomae": lambda k: k.startswith(("videomae.", "blocks.", "patch_embed.proj", "backbone.blocks.", "backbone.patch_embed.projection")),
 }
 
 
 def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
-    """A Source (see io.checkpoints.resolve) -> eval-mode model with weights, labels and preprocessing."""
+    """A Source (see io.checkpoints.resolve) -> eval-mode model with weights, labels and preprocessing.
+
+    `source.arch` (ArchOverrides) overrides what the config or the released defaults say. The model's
+    `provenance` says where each value came from; values no config gave are logged on stderr.
+    """
     from ..io.checkpoints import read_state_dict
 
     sd = read_state_dict(source.weights)
-    family = family_of(source.config or {}, source.alias, sd)
+    config = source.config or {}
+    family = family_of(config, source.alias, sd)
     if family not in BUILDERS:
         raise StaError(f"{source.spec}: unsupported architecture {family!r} (supported: {', '.join(BUILDERS)})")
-    model = BUILDERS[family](source, sd, sta or STAConfig())
+    arch = getattr(source, "arch", None) or ArchOverrides()
+    prov = Provenance()
+    model = BUILDERS[family](source, sd, sta or STAConfig(), arch, prov)
     model.family = family
     model.source_name = source.name
+    if source.is_artifact and isinstance(config.get("provenance"), dict) and not arch.given():
+        model.provenance = config["provenance"]  # how the artifact's source was read
+    else:
+        model.provenance = prov.to_dict()
+        prov.report(source.name)
     return model.eval()
 
 
-__all__ = ["ALIASES", "Alias", "BUILDERS", "build_from_source", "load_strict", "videomae", "videoswin"]
+__all__ = ["ALIASES", "Alias", "ArchOverrides", "BUILDERS", "build_from_source", "load_strict", "videomae", "videoswin"]

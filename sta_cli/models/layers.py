@@ -21,8 +21,10 @@ class Mlp(nn.Module):
 
 class PrunedClassifier(nn.Module):
     """The interface every backbone offers: subclasses define `forward_tokens(x) -> (pooled (B, D),
-    kept positions per STA stage)` and a `head`; after `forward`, `kept_positions` holds the
-    original token indices each stage kept, (B, tokens) each."""
+    kept positions per STA stage)`, a `head`, `set_sta(STAConfig)`, `stages`, `tokens_per_stage`,
+    `pruning_grid` (the (t, h, w) token grid where STA starts) and `kept_grids` (per STA stage, the
+    grid its kept positions index). After `forward`, `kept_positions` holds the original token
+    indices each stage kept, (B, tokens) each."""
 
     kept_positions: list[torch.Tensor]
 

@@ -4,14 +4,15 @@ Tokens: a Conv3d tubelet embedding gives n_t x n_s tokens (time-major), plus a f
 position table; pre-norm blocks; mean pooling, fc_norm and a linear classifier. STA runs after the
 blocks its plan names (pruning/config.py) and the rest of the network sees only the kept tokens.
 
-`checkpoint_filter_fn` maps the Hugging Face and original VideoMAE key layouts into ours (the
-original layout with a fused qkv bias whose key part is zero).
+`checkpoint_filter_fn` maps the Hugging Face, original VideoMAE / VideoMAE V2 (`modeling_finetune.py`:
+fused qkv weight, q and v biases, the key bias zero; optional layer-scale gammas) and mmaction2 1.x
+(`vit_mae.py`) key layouts into ours. VideoMAE V2 is the same network: ViT-g differs only in size
+(patch 14, 1408 wide, 40 blocks, 16 heads, MLP 6144 = 48/11 x 1408).
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -22,9 +23,21 @@ from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature, stage_keep_indices
 from .layers import Mlp, PrunedClassifier
 
-# Head counts of the released sizes: weights do not constrain them, so a config that disagrees
-# (the Hub's ViT-S config says 16) is overridden. (embed_dim, depth) -> heads.
-KNOWN_HEADS = {(384, 12): 6, (768, 12): 12, (1024, 24): 16, (1280, 32): 16}
+# The released architectures: (embed_dim, depth, patch_size) -> (name, heads). Their weights come
+# with a 16x224^2 input and ImageNet normalisation; heads are not in the weights.
+RELEASED = {
+    (384, 12, 16): ("VideoMAE ViT-S", 6),
+    (768, 12, 16): ("VideoMAE ViT-B", 12),
+    (1024, 24, 16): ("VideoMAE ViT-L", 16),
+    (1280, 32, 16): ("VideoMAE ViT-H", 16),
+    (1408, 40, 14): ("VideoMAE V2 ViT-g", 16),
+}
+RELEASED_INPUT = {"image_size": 224, "num_frames": 16}
+# A VideoMAE with more tokens than this is not a real input (a 32x448^2 clip has 12,544); the
+# position table alone would take tokens x width x 4 bytes.
+MAX_TOKENS = 1 << 16
+
+_INT_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_dim", "num_classes", "image_size", "patch_size", "num_frames", "tubelet_size", "in_chans")
 
 
 @dataclass(frozen=True)
@@ -43,14 +56,31 @@ class VideoMAEConfig:
     use_mean_pooling: bool = True
     norm_eps: float = 1e-6  # blocks (original 1e-6, Hugging Face 1e-12)
     fc_norm_eps: float = 1e-6  # fc_norm (original 1e-6, Hugging Face 1e-5)
+    layer_scale: bool = False  # per-channel gamma_1 / gamma_2 on the residual branches (init_values > 0)
 
     def __post_init__(self):
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise StaError(f"model config: {name} must be a positive integer, got {v!r}")
+        for name in ("qkv_bias", "use_mean_pooling", "layer_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise StaError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "fc_norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise StaError(f"model config: {name} must be a small positive number, got {v!r}")
         if self.embed_dim % self.num_heads:
             raise StaError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size or self.num_frames % self.tubelet_size:
             raise StaError(
                 f"input {self.num_frames}x{self.image_size}^2 is not a whole number of "
                 f"{self.tubelet_size}x{self.patch_size}^2 tubelets"
+            )
+        if self.num_tokens > MAX_TOKENS:
+            raise StaError(
+                f"input {self.num_frames}x{self.image_size}^2 gives {self.num_tokens:,} tokens per clip "
+                f"(more than {MAX_TOKENS:,}): not a real VideoMAE input size"
             )
 
     @property
@@ -69,27 +99,30 @@ class VideoMAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoMAEConfig":
+        if not isinstance(d, dict):
+            raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
     def from_hf(cls, hf: dict) -> "VideoMAEConfig":
-        """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias)."""
-        embed, depth = hf.get("hidden_size", 768), hf.get("num_hidden_layers", 12)
-        heads = hf.get("num_attention_heads", 12)
-        if KNOWN_HEADS.get((embed, depth), heads) != heads:
-            warnings.warn(
-                f"config says {heads} attention heads for a {embed}-wide, {depth}-block VideoMAE; the released "
-                f"model was trained with {KNOWN_HEADS[(embed, depth)]}: using {KNOWN_HEADS[(embed, depth)]}",
-                stacklevel=2,
-            )
-            heads = KNOWN_HEADS[(embed, depth)]
+        """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias).
+
+        The head count is taken as the config says; see `models.build_videomae` for the checkpoints
+        whose config is known to be wrong.
+        """
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_labels",
+                    "image_size", "patch_size", "num_frames", "tubelet_size", "num_channels"):
+            v = hf.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise StaError(f"config.json: {key} must be a positive integer, got {v!r}")
+        embed = hf.get("hidden_size", 768)
         labels = hf.get("id2label") or {}
         return cls(
             embed_dim=embed,
-            depth=depth,
-            num_heads=heads,
-            mlp_dim=hf.get("intermediate_size", 4 * embed),
-            num_classes=len(labels) if labels else hf.get("num_labels", 400),
+            depth=hf.get("num_hidden_layers", 12),
+            num_heads=hf.get("num_attention_heads", 12),
+            mlp_dim=hf.get("intermediate_size", 4 * embed if isinstance(embed, int) else embed),
+            num_classes=len(labels) if isinstance(labels, dict) and labels else hf.get("num_labels", 400),
             image_size=hf.get("image_size", 224),
             patch_size=hf.get("patch_size", 16),
             num_frames=hf.get("num_frames", 16),
@@ -144,12 +177,19 @@ class Block(nn.Module):
         self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim)
+        if cfg.layer_scale:  # VideoMAE V2 / mmaction2 with init_values > 0
+            self.gamma_1 = nn.Parameter(torch.ones(cfg.embed_dim))
+            self.gamma_2 = nn.Parameter(torch.ones(cfg.embed_dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor):
         y, qkv = self.attn(self.norm1(x))
-        x = x + y
-        x = x + self.mlp(self.norm2(x))
-        return x, qkv
+        if self.gamma_1 is None:
+            x = x + y
+            return x + self.mlp(self.norm2(x)), qkv
+        x = x + self.gamma_1 * y
+        return x + self.gamma_2 * self.mlp(self.norm2(x)), qkv
 
 
 class VideoMAE(PrunedClassifier):
@@ -177,6 +217,14 @@ class VideoMAE(PrunedClassifier):
         self.stages = plan_stages(sta, self.cfg.depth, n_t, h * w)
         self.sta = sta
         self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
+
+    @property
+    def pruning_grid(self) -> tuple[int, int, int]:
+        return tuple(self.cfg.grid)
+
+    @property
+    def kept_grids(self) -> list[tuple[int, int, int]]:
+        return [tuple(self.cfg.grid)] * len(self.stages)
 
     @property
     def tokens_per_stage(self) -> list[int]:
@@ -241,37 +289,57 @@ def _fuse_qkv(sd: dict[str, torch.Tensor], consumed: set[str]) -> dict[str, torc
     return out
 
 
+# mmaction2 1.x (`mmaction/models/backbones/vit_mae.py` in a Recognizer3D): mmcv's PatchEmbed calls
+# its conv `projection`, its FFN is `layers.0.0` (Linear + act) and `layers.1` (Linear), the head is
+# `cls_head.fc_cls`, and the sinusoid table is a persistent `pos_embed` buffer.
+_MMACTION = [
+    (re.compile(r"^backbone\.patch_embed\.projection\."), "patch_embed.proj."),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.layers\.0\.0\."), r"blocks.\1.mlp.fc1."),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.layers\.1\."), r"blocks.\1.mlp.fc2."),
+    (re.compile(r"^backbone\."), ""),
+    (re.compile(r"^cls_head\.fc_cls\."), "head."),
+]
+
+
+def _rename_hf(key: str) -> str:
+    m = re.match(r"^videomae\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
+    qkv = re.match(r"^videomae\.encoder\.layer\.(\d+)\.attention\.attention\.(?:(query|key|value)\.(weight|bias)|(q|v)_bias)$", key)
+    if qkv:
+        part = (qkv.group(2) or qkv.group(4))[0]
+        return f"blocks.{qkv.group(1)}.attn.{part}_{qkv.group(3) or 'bias'}"
+    if m and m.group(2) in _HF_BLOCK:
+        return f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}.{m.group(3)}"
+    for src, dst in _HF_TOP.items():
+        if key.startswith(src + "."):
+            return dst + key[len(src):]
+    return key
+
+
+def _rename_mmaction(key: str) -> str:
+    for pattern, repl in _MMACTION:  # each applies at most once; none matches another's output
+        key = pattern.sub(repl, key)
+    return key
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a Hugging Face or original VideoMAE state dict into this module's key layout.
+    """Map a Hugging Face, original VideoMAE / VideoMAE V2, or mmaction2 1.x state dict into our layout.
 
     Keys this function does not recognise are left as they are, so the strict load that follows
-    names them.
+    names them. mmaction2's `pos_embed` buffer is kept under that name: the builder checks its token
+    count against the config and drops it (ours is recomputed).
     """
     staged: dict[str, torch.Tensor] = {}
     hf = any(k.startswith("videomae.") for k in state_dict)
+    mm = any(k.startswith("backbone.") for k in state_dict)
     for key, t in state_dict.items():
-        new = key
-        if hf:
-            m = re.match(r"^videomae\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
-            qkv = re.match(r"^videomae\.encoder\.layer\.(\d+)\.attention\.attention\.(?:(query|key|value)\.(weight|bias)|(q|v)_bias)$", key)
-            if qkv:
-                i = qkv.group(1)
-                part = (qkv.group(2) or qkv.group(4))[0]
-                new = f"blocks.{i}.attn.{part}_{qkv.group(3) or 'bias'}"
-            elif m and m.group(2) in _HF_BLOCK:
-                new = f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}.{m.group(3)}"
-            else:
-                for src, dst in _HF_TOP.items():
-                    if key.startswith(src + "."):
-                        new = dst + key[len(src):]
-        else:
-            m = re.match(r"^blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$", key)
-            if m and m.group(2) == "qkv.weight":
-                for j, p in enumerate("qkv"):
-                    staged[f"blocks.{m.group(1)}.attn.{p}_weight"] = t.chunk(3)[j]
-                continue
-            if m:
-                new = f"blocks.{m.group(1)}.attn.{m.group(2)[0]}_bias"
+        new = _rename_hf(key) if hf else _rename_mmaction(key) if mm else key
+        m = re.match(r"^blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$", new)
+        if m and m.group(2) == "qkv.weight":
+            for j, p in enumerate("qkv"):
+                staged[f"blocks.{m.group(1)}.attn.{p}_weight"] = t.chunk(3)[j]
+            continue
+        if m:
+            new = f"blocks.{m.group(1)}.attn.{m.group(2)[0]}_bias"
         staged[new] = t
     consumed: set[str] = set()
     fused = _fuse_qkv(staged, consumed)
@@ -280,28 +348,37 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides) -> VideoMAEConfig:
-    """Infer the architecture from tensor shapes (our layout). Heads, image size and frame count are not in
-    the weights: heads follow the released sizes (else 64 per head), the input defaults to 16x224^2."""
+def shapes_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
+    """What the weights (our layout) fix: widths, depth, patch, classes, biases, pooling, layer scale."""
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, t, p, p)
-        embed, in_chans, tubelet, patch = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
         depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k)))
         mlp_dim = sd["blocks.0.mlp.fc1.weight"].shape[0]
         num_classes = sd["head.weight"].shape[0]
     except (KeyError, ValueError, IndexError) as e:
         raise StaError(f"not a VideoMAE classifier checkpoint: cannot find {e} in its weights") from None
-    inferred = dict(
-        embed_dim=embed,
+    if w.dim() != 5 or w.shape[3] != w.shape[4]:
+        raise StaError(f"not a VideoMAE checkpoint: patch_embed.proj.weight has shape {tuple(w.shape)}")
+    return dict(
+        embed_dim=w.shape[0],
         depth=depth,
-        num_heads=KNOWN_HEADS.get((embed, depth), max(1, embed // 64)),
         mlp_dim=mlp_dim,
         num_classes=num_classes,
-        patch_size=patch,
-        tubelet_size=tubelet,
-        in_chans=in_chans,
+        patch_size=w.shape[3],
+        tubelet_size=w.shape[2],
+        in_chans=w.shape[1],
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
         use_mean_pooling="fc_norm.weight" in sd,
+        layer_scale="blocks.0.gamma_1" in sd,
     )
-    inferred.update(overrides)
-    return VideoMAEConfig(**inferred)
+
+
+def released(shapes: dict) -> tuple[str, int] | None:
+    """(name, heads) of the released architecture these weights have, if any."""
+    if shapes["tubelet_size"] != 2 or shapes["mlp_dim"] != _released_mlp(shapes["embed_dim"]) or shapes["in_chans"] != 3:
+        return None
+    return RELEASED.get((shapes["embed_dim"], shapes["depth"], shapes["patch_size"]))
+
+
+def _released_mlp(embed: int) -> int:
+    return 6144 if embed == 1408 else 4 * embed  # ViT-g: mlp ratio 48/11

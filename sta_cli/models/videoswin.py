@@ -6,7 +6,7 @@ relative position bias, PatchMerging (2x2 spatial neighbours concatenated, Layer
 between stages, a final LayerNorm, mean pooling and a linear head. Windows shrink to the grid when
 the grid is smaller (no shift along that axis), and grids are zero-padded to whole windows.
 
-STA (reference-notes §3, paper Sec. 4.1): at the input of stages 2, 3 and 4 each temporal slice
+STA (paper Sec. 4.1; docs/videoswin.md): at the input of stages 2, 3 and 4 each temporal slice
 drops `{r1, 1.5 r1/4, 2 r1/16}` tokens (pruning/swin.py). Inside a pruned stage LayerNorms, qkv, proj
 and MLP run on the kept tokens only; window attention runs on the full grid, every dropped position
 filled with the qkv of the nearest kept token of its slice, and only kept positions are read back.
@@ -20,9 +20,11 @@ merged tokens themselves. Neither costs multiply-adds of the network; the affini
 scoring are cheaper on keys (head_dim wide) than on merged features.
 
 Window attention gathers its input straight into the window layout: zero padding, the cyclic
-shift, the window partition and the nearest-kept fill are one precomputed index (`window_layout`),
-and reading the output back at the grid (or kept) positions is another. This gives the same numbers
-as pad + roll + partition (torchvision) with fewer copies.
+shift, the window partition and the nearest-kept fill are one index per stage (`window_index`), and
+reading the output back at the grid (or kept) positions is another. Windows are grouped by shift
+type, so each attention call takes one (heads, vol, vol) mask (bias + that type's shift mask)
+instead of a materialised (windows, heads, vol, vol) one. Same numbers as pad + roll + partition
++ mask (torchvision), bit for bit, with a fraction of the memory traffic.
 
 Our state-dict layout is the original release's backbone without its `backbone.` prefix (`layers.{i}.
 blocks.{j}...`, `layers.{i}.downsample...`) with `head.*`; `checkpoint_filter_fn` maps torchvision's
@@ -44,7 +46,14 @@ from ..errors import StaError
 from ..pruning import STAConfig, gather_tokens, stage_keep_indices
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
 from .layers import Mlp, PrunedClassifier
-from .registry import ASSETS
+
+# The released architectures (torchvision's swin3d_{t,s,b} and the original release): (embed_dim,
+# depths) -> name. Their weights come with a 32x224^2 input and ImageNet normalisation.
+RELEASED = {(96, (2, 2, 6, 2)): "Video Swin-T", (96, (2, 2, 18, 2)): "Video Swin-S", (128, (2, 2, 18, 2)): "Video Swin-B"}
+RELEASED_INPUT = {"image_size": 224, "num_frames": 32}
+# Stage-1 tokens beyond which an input is not real (a 64x448^2 clip has 401,408).
+MAX_TOKENS = 1 << 20
+
 
 @dataclass(frozen=True)
 class VideoSwinConfig:
@@ -64,7 +73,18 @@ class VideoSwinConfig:
 
     def __post_init__(self):
         for name in ("depths", "num_heads", "window_size", "patch_size"):  # JSON gives lists
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
+                raise StaError(f"model config: {name} must be a list of positive integers, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
+        for name in ("embed_dim", "num_classes", "num_frames", "image_size", "in_chans"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise StaError(f"model config: {name} must be a positive integer, got {v!r}")
+        for name in ("mlp_ratio", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e3:
+                raise StaError(f"model config: {name} must be a positive number, got {v!r}")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
             raise StaError(f"Video Swin has 4 stages: got depths {self.depths} and heads {self.num_heads}")
         if len(self.window_size) != 3 or len(self.patch_size) != 3:
@@ -72,6 +92,12 @@ class VideoSwinConfig:
         for i, heads in enumerate(self.num_heads):
             if self.stage_dim(i) % heads:
                 raise StaError(f"stage {i + 1} width {self.stage_dim(i)} is not divisible by {heads} heads")
+        t, h, w = self.stage_grids[0]
+        if t * h * w > MAX_TOKENS:
+            raise StaError(
+                f"input {self.num_frames}x{self.image_size}^2 gives {t * h * w:,} tokens at stage 1 "
+                f"(more than {MAX_TOKENS:,}): not a real Video Swin input size"
+            )
 
     def stage_dim(self, i: int) -> int:
         return self.embed_dim * 2**i
@@ -92,6 +118,8 @@ class VideoSwinConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoSwinConfig":
+        if not isinstance(d, dict):
+            raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
@@ -105,65 +133,118 @@ def window_and_shift(grid: tuple[int, ...], window: tuple[int, ...], shifted: bo
     return win, shift
 
 
-# Constant index and mask tables, cached as numpy arrays: a cached torch tensor could be a fake or
-# meta tensor when first built under tracing (export) or FLOP counting, and break later eager calls.
+# Index tables are cached as numpy arrays (a cached torch tensor could be a fake or meta tensor when
+# first built under tracing or FLOP counting). They stay small: the (vol x vol) relative position
+# index and the shift masks are built from short vectors in the forward, once per stage, so that
+# an exported graph carries a few kB of them instead of a mask constant per block.
 
 
-@functools.lru_cache(maxsize=64)
-def relative_position_index(window: tuple[int, int, int]) -> np.ndarray:
-    """(vol, vol) index into the (2wt-1)(2wh-1)(2ww-1)-row bias table, for the configured window."""
-    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(3, -1)
-    rel = coords[:, :, None] - coords[:, None, :] + np.array([w - 1 for w in window])[:, None, None]  # (3, vol, vol)
-    _, wh, ww = window
-    return rel[0] * (2 * wh - 1) * (2 * ww - 1) + rel[1] * (2 * ww - 1) + rel[2]
+@functools.lru_cache(maxsize=16)
+def position_code(window: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """(vol,) linear code of each window slot's (t, y, x) and the offset such that
+    code[i] - code[j] + offset is the row of the (2wt-1)(2wh-1)(2ww-1)-row bias table for slots (i, j)."""
+    wt, wh, ww = window
+    t, y, x = np.meshgrid(np.arange(wt), np.arange(wh), np.arange(ww), indexing="ij")
+    code = (t * (2 * wh - 1) + y) * (2 * ww - 1) + x
+    return code.reshape(-1).astype(np.int64), int(((wt - 1) * (2 * wh - 1) + wh - 1) * (2 * ww - 1) + ww - 1)
 
 
-@functools.lru_cache(maxsize=64)
-def shift_mask(padded: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> np.ndarray:
-    """(windows, vol, vol) additive mask: -100 between tokens that the cyclic shift made neighbours."""
-    region = np.zeros(padded, dtype=np.float32)
-    count = 0
-    bounds = [((0, -w), (-w, -s), (-s, None)) for w, s in zip(win, shift)]
-    for t in bounds[0]:
-        for h in bounds[1]:
-            for w in bounds[2]:
-                region[t[0] : t[1], h[0] : h[1], w[0] : w[1]] = count
-                count += 1
-    (T, H, W), (wt, wh, ww) = padded, win
-    region = region.reshape(T // wt, wt, H // wh, wh, W // ww, ww).transpose(0, 2, 4, 1, 3, 5).reshape(-1, wt * wh * ww)
-    diff = region[:, None, :] - region[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where each slot of a (padded, cyclically shifted, partitioned) window layout comes from.
 
-
-@functools.lru_cache(maxsize=64)
-def window_layout(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Where each token of the (padded, cyclically shifted) window layout comes from, and back.
-
-    The references zero-pad the grid to whole windows, roll it by -shift and cut it into windows
-    in raster order. Here that is one gather: `src` (P,) gives, for each of the P window-layout
-    slots, its grid position t*H*W + y*W + x, or N (= T*H*W) for a padding slot; `dst` (N,) gives
-    each grid position's slot.
+    The references zero-pad the grid to whole windows, roll it by -shift, cut it into windows and add
+    a -100 mask between tokens the roll made neighbours. Here the layout is one gather. Windows are
+    ordered by their shift type (which axes of the window straddle the roll's wrap-around), raster
+    order within a type: all windows of a type share one shift mask, so attention runs per type with
+    a (heads, vol, vol) mask instead of a (windows, heads, vol, vol) one.
     """
+
+    src: np.ndarray  # (P,) grid position t*H*W + y*W + x of each slot, or N (= T*H*W) for a padding slot
+    dst: np.ndarray  # (N,) slot of each grid position
+    counts: tuple[int, ...]  # windows of each type, in layout order
+    regions: np.ndarray | None  # (types, vol) region of each slot in a window of that type; None: no shift
+    vol: int
+
+
+@functools.lru_cache(maxsize=64)
+def window_plan(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> WindowPlan:
     padded = [g + (-g) % w for g, w in zip(grid, win)]
-    axes = []
-    for size, w, s, g in zip(padded, win, shift, grid):
-        rolled = np.arange(size).reshape(size // w, w)  # (window index, offset within the window)
-        axes.append(((rolled + s) % size, g))  # rolled by -s: slot i holds padded position (i + s) % size
-    (t, T), (y, H), (x, W) = axes
+    slot_axes, kinds = [], []
+    for size, w, s in zip(padded, win, shift):
+        n = size // w
+        slot_axes.append((np.arange(size).reshape(n, w) + s) % size)  # rolled by -s: slot i holds (i + s) % size
+        kinds.append((np.arange(n) == n - 1) & (s > 0))  # the last window straddles the wrap-around
+    (t, y, x), (T, H, W) = slot_axes, grid
     # Slot order: (window t, window y, window x, offset t, offset y, offset x).
-    tt = t[:, None, None, :, None, None]
-    yy = y[None, :, None, None, :, None]
-    xx = x[None, None, :, None, None, :]
-    real = (tt < T) & (yy < H) & (xx < W)
-    src = np.where(real, (tt * H + yy) * W + xx, T * H * W).reshape(-1)
+    tt, yy, xx = t[:, None, None, :, None, None], y[None, :, None, None, :, None], x[None, None, :, None, None, :]
+    src = np.where((tt < T) & (yy < H) & (xx < W), (tt * H + yy) * W + xx, T * H * W)
+    kind = (kinds[0][:, None, None] * 4 + kinds[1][None, :, None] * 2 + kinds[2][None, None, :]).reshape(-1)
+    order = np.argsort(kind, kind="stable")
+    src = src.reshape(len(kind), -1)[order].reshape(-1).astype(np.int64)
     dst = np.empty(T * H * W, dtype=np.int64)
     slots = np.nonzero(src < T * H * W)[0]
     dst[src[slots]] = slots
-    return src.astype(np.int64), dst
+    types, counts = np.unique(kind, return_counts=True)
+    regions = None
+    if any(shift):
+        # Along a straddling axis the slots before w - s come from the grid's end, the rest from its start.
+        per_axis = [np.where(np.arange(w) < w - s, 1, 2) for w, s in zip(win, shift)]
+        regions = np.stack([
+            (np.where(k & 4, per_axis[0], 0)[:, None, None] * 9 + np.where(k & 2, per_axis[1], 0)[None, :, None] * 3
+             + np.where(k & 1, per_axis[2], 0)[None, None, :]).reshape(-1)
+            for k in types
+        ])
+    return WindowPlan(src, dst, tuple(int(c) for c in counts), regions, win[0] * win[1] * win[2])
 
 
 def constant(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.from_numpy(array).to(like.device, dtype or like.dtype)
+
+
+@dataclass
+class WindowIndex:
+    """One window layout of a stage for the tokens at hand, built once per stage and forward.
+
+    Rows are those of the block's qkv flattened to (B * K1, 3C), K1 = K (+ 1 padding row per sample
+    when the layout has padding slots). The layout holds windows outer, samples inner, so that the
+    windows of one type are a contiguous (windows * B) batch for attention at any batch size.
+    """
+
+    rows: torch.Tensor  # (nW * B * vol,) qkv row of each slot
+    back: torch.Tensor  # (B * K,) row of the attention output (nW * B * vol, C) for each token
+    counts: tuple[int, ...]  # windows per shift type
+    rel: torch.Tensor  # (vol, vol) row of the relative position bias table
+    regions: torch.Tensor | None  # (types, vol, vol) shift masks (-100 across regions), None: no shift
+    padded: bool  # padding slots exist: the qkv rows carry one padding row per sample
+
+
+def window_index(grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=None) -> WindowIndex:
+    """x (B, K, C): the stage's tokens, all T*H*W of them, or the kept ones with kept (B, K) their grid
+    positions and fill (B, T*H*W) the token that fills each grid position."""
+    B, K = x.shape[:2]
+    win, shift = window_and_shift(grid, window, shifted)
+    plan = window_plan(tuple(grid), win, shift)
+    src, dst = constant(plan.src, x, torch.long), constant(plan.dst, x, torch.long)
+    padded = len(plan.src) > len(plan.dst)
+    if fill is None:  # every position holds its own token; padding slots read row N = K
+        token = src.expand(B, -1)
+        slot = dst.expand(B, -1)
+    else:  # dropped positions read their nearest kept token, padding slots row K
+        token = (torch.cat([fill, fill.new_full((B, 1), K)], 1) if padded else fill)[:, src]
+        slot = dst[kept]
+    # Sample offsets without arange(B): a cumsum keeps every shape static for ONNX shape inference.
+    sample = torch.ones_like(token[:, :1]).cumsum(0) - 1  # (B, 1)
+    vol = plan.vol
+    rows = (token + sample * (K + int(padded))).view(B, -1, vol).transpose(0, 1).reshape(-1)
+    back = ((slot // vol * B + sample) * vol + slot % vol).reshape(-1)
+    code, offset = position_code(tuple(window))
+    code = constant(code[:vol], x, torch.long)  # truncated as the references do when windows shrink
+    regions = None
+    if plan.regions is not None:
+        ids = constant(plan.regions, x, torch.long)
+        regions = torch.where(ids[:, :, None] != ids[:, None, :], -100.0, 0.0).to(x.dtype)
+    return WindowIndex(rows, back, plan.counts, code[:, None] - code[None, :] + offset, regions, padded)
 
 
 class WindowAttention3d(nn.Module):
@@ -183,46 +264,35 @@ class WindowAttention3d(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def attend(self, qkv: torch.Tensor, grid: tuple[int, int, int], shifted: bool, kept=None, fill=None) -> torch.Tensor:
-        """Window attention on the full grid. -> output before proj for the tokens given, (B, K, C).
-
-        qkv (B, K, 3C): of all T*H*W tokens (kept = fill = None), or of the kept ones, with kept
-        (B, K) their grid positions and fill (B, T*H*W) the token that fills each grid position.
-        Padding slots hold the qkv bias, as in the references (they pad before the qkv linear).
-        """
+    def attend(self, qkv: torch.Tensor, index: WindowIndex) -> torch.Tensor:
+        """Window attention on the full grid. qkv (B, K, 3C) of the tokens `index` was built for
+        -> output before proj, (B, K, C). Padding slots hold the qkv bias, as in the references
+        (they pad before the qkv linear)."""
         B, K, C3 = qkv.shape
         C, heads = C3 // 3, self.num_heads
-        win, shift = window_and_shift(grid, self.window, shifted)
-        src, dst = window_layout(tuple(grid), win, shift)
-        padded = tuple(g + (-g) % w for g, w in zip(grid, win))
-        src, dst = constant(src, qkv, torch.long), constant(dst, qkv, torch.long)
-        if len(src) > len(dst):  # padding slots read an extra row: the bias
+        if index.padded:
             pad_row = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(C3)
             qkv = torch.cat([qkv, pad_row.to(qkv.dtype).expand(B, 1, C3)], 1)
-        if fill is None:  # every position holds its own token; the extra row sits at index N = K
-            windows = qkv[:, src]
-        else:  # dropped positions take their nearest kept token, padding slots row K
-            slot_token = torch.cat([fill, fill.new_full((B, 1), K)], 1).gather(1, src.expand(B, -1))
-            windows = gather_tokens(qkv, slot_token)
-        nw, vol = len(src) // (win[0] * win[1] * win[2]), win[0] * win[1] * win[2]
-        qkv_w = windows.view(B, nw, vol, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5).reshape(3, B * nw, heads, vol, -1)
-        index = constant(relative_position_index(self.window)[:vol, :vol], qkv, torch.long)  # truncated as the references do
-        mask = self.relative_position_bias_table[index.flatten()].view(vol, vol, heads).permute(2, 0, 1)[None]
-        if any(shift):  # + the shift mask, per window: (B * nW, heads, vol, vol)
-            mask = (mask + constant(shift_mask(padded, win, shift), mask)[:, None]).expand(B, -1, -1, -1, -1).reshape(B * nw, heads, vol, vol)
-        # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
-        out = F.scaled_dot_product_attention(*qkv_w.unbind(0), attn_mask=mask)  # (B * nW, heads, vol, head_dim)
-        out = out.view(B, nw, heads, vol, -1).transpose(2, 3)  # (B, nW, vol, heads, head_dim)
-        if torch.compiler.is_compiling():
-            # A reshape is traced as a view or a copy by SDPA's output strides (the fused CPU kernel's
-            # vol-major layout vs the math kernel's heads-major one), and the ONNX exporter re-runs the
-            # graph after decomposing SDPA into the other layout: "Cannot view a tensor ...". An
-            # explicit copy holds for both. Eager keeps the free view the fused kernel allows.
-            out = out.clone(memory_format=torch.contiguous_format)
-        out = out.reshape(B, nw * vol, C)
-        if kept is None:
-            return out[:, dst]
-        return gather_tokens(out, dst[kept])  # read back kept positions only
+        vol = index.rel.shape[0]
+        windows = qkv.reshape(-1, C3).index_select(0, index.rows)  # (nW * B * vol, 3C)
+        qkv_w = windows.view(-1, B, vol, 3, heads, C // heads).permute(3, 0, 1, 4, 2, 5)  # (3, nW, B, heads, vol, hd)
+        bias = self.relative_position_bias_table[index.rel].permute(2, 0, 1)  # (heads, vol, vol)
+        outs, start = [], 0
+        for i, n in enumerate(index.counts):  # one attention per shift type: its mask is shared
+            q, k, v = qkv_w[:, start : start + n].flatten(1, 2).unbind(0)  # (n * B, heads, vol, hd)
+            start += n
+            mask = bias if index.regions is None else bias + index.regions[i]
+            # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None]).transpose(1, 2)  # (n * B, vol, heads, hd)
+            if torch.compiler.is_compiling():
+                # A reshape is traced as a view or a copy by SDPA's output strides (the fused CPU kernel's
+                # vol-major layout vs the math kernel's heads-major one), and the ONNX exporter re-runs the
+                # graph after decomposing SDPA into the other layout: "Cannot view a tensor ...". An
+                # explicit copy holds for both. Eager keeps the free view the fused kernel allows.
+                out = out.clone(memory_format=torch.contiguous_format)
+            outs.append(out.reshape(-1, C))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (nW * B * vol, C)
+        return out.index_select(0, index.back).view(B, K, C)
 
 
 class SwinBlock(nn.Module):
@@ -234,13 +304,11 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int, int], kept: torch.Tensor | None, fill: torch.Tensor | None):
-        """x (B, K, C): the stage's tokens (all of them, or the kept ones with `kept` / `fill` given).
-
-        Returns the new tokens and their qkv (B, K, 3C).
-        """
+    def forward(self, x: torch.Tensor, index: WindowIndex):
+        """x (B, K, C): the stage's tokens (all of them, or the kept ones), index: their window layout
+        for this block's shift (`window_index`). Returns the new tokens and their qkv (B, K, 3C)."""
         qkv = self.attn.qkv(self.norm1(x))  # kept tokens only
-        x = x + self.attn.proj(self.attn.attend(qkv, grid, self.shifted, kept, fill))
+        x = x + self.attn.proj(self.attn.attend(qkv, index))
         x = x + self.mlp(self.norm2(x))
         return x, qkv
 
@@ -316,6 +384,14 @@ class VideoSwin(PrunedClassifier):
         self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
 
     @property
+    def pruning_grid(self) -> tuple[int, int, int]:
+        return tuple(self.cfg.stage_grids[1])  # stage 1 is never pruned
+
+    @property
+    def kept_grids(self) -> list[tuple[int, int, int]]:
+        return [tuple(self.cfg.stage_grids[s.block]) for s in self.stages]
+
+    @property
     def tokens_per_stage(self) -> list[int]:
         """Tokens each of the 4 stages runs its linear layers on (stage 1 is never pruned)."""
         counts = [t * h * w for t, h, w in self.cfg.stage_grids]
@@ -361,19 +437,15 @@ class VideoSwin(PrunedClassifier):
                 fill = nearest_kept_fill(kept, grid)
                 tokens = gather_tokens(tokens, kept)
                 kept_all.append(kept)
+            index = {shifted: window_index(grid, self.cfg.window_size, shifted, tokens, kept, fill) for shifted in {b.shifted for b in layer.blocks}}
             for blk in layer.blocks:
-                tokens, prev_qkv = blk(tokens, grid, kept, fill)
+                tokens, prev_qkv = blk(tokens, index[blk.shifted])
             prev_grid, prev_fill = grid, fill
             if layer.downsample is not None:
                 full = tokens if fill is None else gather_tokens(tokens, fill)  # PatchMerging sees a filled grid
                 x = layer.downsample(full.view(B, *grid, -1))
         pooled = self.norm(tokens).mean(1)  # over stage 4's kept tokens
         return pooled, kept_all
-
-
-def kinetics400_labels() -> list[str]:
-    """Kinetics-400 class names in the released heads' index order (as torchvision lists them)."""
-    return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
 
 
 # --- checkpoint layouts -------------------------------------------------------------------------
@@ -384,7 +456,8 @@ _TV_MLP = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a torchvision `swin3d_*` or original (mmaction) Video Swin state dict into our layout.
+    """Map a torchvision `swin3d_*`, original release (mmaction 0.x) or mmaction2 1.x Video Swin state dict
+    into our layout.
 
     Drops the `relative_position_index` buffers (recomputed from the window size). Keys this function
     does not recognise are left as they are, so the strict load that follows names them.
@@ -394,7 +467,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
         if key.endswith("relative_position_index"):
             continue
         new = key
-        if key.startswith("backbone."):  # mmaction: backbone.* + cls_head.fc_cls
+        if key.startswith("backbone.norm3."):  # mmaction2 1.x names the final norm after stage index 3
+            new = "norm." + key[len("backbone.norm3.") :]
+        elif key.startswith("backbone."):  # mmaction: backbone.* + cls_head.fc_cls
             new = key[len("backbone.") :]
         elif key.startswith("cls_head.fc_cls."):
             new = "head." + key[len("cls_head.fc_cls.") :]
@@ -433,9 +508,8 @@ def window_hint(state_dict: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None, **overrides) -> VideoSwinConfig:
-    """Infer the architecture from tensor shapes (our layout). The input size is not in the weights:
-    it defaults to the released models' 32x224^2."""
+def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None) -> dict:
+    """What the weights (our layout) fix: everything but the input size (frames, pixels)."""
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
         depths = tuple(
@@ -447,7 +521,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
         num_classes = sd["head.weight"].shape[0]
     except (KeyError, ValueError, IndexError) as e:
         raise StaError(f"not a Video Swin classifier checkpoint: cannot find {e} in its weights") from None
-    inferred = dict(
+    return dict(
         embed_dim=w.shape[0],
         depths=depths,
         num_heads=heads,
@@ -459,5 +533,11 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
         qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd,
         patch_norm="patch_embed.norm.weight" in sd,
     )
-    inferred.update(overrides)
-    return VideoSwinConfig(**inferred)
+
+
+def released(shapes: dict) -> str | None:
+    """Name of the released architecture these weights have, if any."""
+    standard = shapes["patch_size"] == (2, 4, 4) and shapes["mlp_ratio"] == 4 and shapes["in_chans"] == 3
+    heads = tuple(shapes["embed_dim"] // 32 * 2**i for i in range(4))  # 32 channels per head
+    return RELEASED.get((shapes["embed_dim"], shapes["depths"])) if standard and shapes["num_heads"] == heads else None
+

@@ -25,7 +25,7 @@ _SCHEDULE_PER_FRAME = {
 
 @dataclass(frozen=True)
 class STAConfig:
-    """How STA prunes. The defaults reproduce the paper's reference code (reference-notes §1)."""
+    """How STA prunes. The defaults reproduce the reference code (docs/algorithm.md §Reference defaults)."""
 
     r1: int = 0
     first_group: str = "tome"  # image-style drop on the first visited group

@@ -1,4 +1,4 @@
-"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; reference-notes §1).
+"""STA token selection as small pure tensor functions (paper Sec. 3.2, Alg. 1; docs/algorithm.md).
 
 Nothing here knows about models: the backbone hands over a stage's tokens, a similarity feature
 and the stage plan, and gets back the indices of the tokens to keep. Every shape is static (top-k
@@ -19,6 +19,10 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .config import STAConfig, Stage
+
+# Off (None) unless export validation sets a list: each stage then appends what it ranked tokens by,
+# so a swap of near-tied tokens in an exported graph can be told from a real divergence.
+score_record: list | None = None
 
 
 def single_threaded(fn):
@@ -210,6 +214,7 @@ def stage_keep_indices(
     kept[first] = order[:, :keep]
     affinities = visit_affinities(metric, visit) if G > 1 else ()
     prev_kept, prev_score = None, None  # the second group sees all n first-group tokens
+    scores: dict[int, torch.Tensor] = {}  # for `score_record` only
     for i, g in enumerate(visit[1:]):
         redundancy = accumulate(affinities[i], prev_kept, prev_score)  # (B, n)
         if cfg.score == "sta":
@@ -221,9 +226,13 @@ def stage_keep_indices(
         else:  # random baseline: a fixed draw per (seed, stage, group)
             score = random_uniform(n, cfg.seed, 100 * (stage_index + 1) + g, x.device).expand(B, n)
         idx = keep_lowest(score, keep)
+        if score_record is not None:
+            scores[g] = score
         kept[g] = prev_kept = idx
         prev_score = redundancy.gather(1, idx)
         prev_score = prev_score / prev_score.sum(-1, keepdim=True)
+    if score_record is not None:
+        score_record.append(dict(stage=stage_index, positions=positions.flatten(1), metric=metric[:, first], first=first, scores=scores, cfg=cfg))
     offsets = torch.arange(0, N, n, device=x.device)[:, None]  # (G, 1): group g starts at g * n
     return (torch.stack([kept[g] for g in range(G)], 1) + offsets).flatten(1)
 

@@ -1,4 +1,4 @@
-"""STA on Video Swin: the stage plan and the nearest-kept fill, as pure functions (reference-notes §3).
+"""STA on Video Swin: the stage plan and the nearest-kept fill, as pure functions (docs/videoswin.md).
 
 Video Swin keeps a full spatio-temporal grid per stage (window attention needs it), so STA prunes
 at the input of stages 2, 3 and 4 (right after each PatchMerging), every temporal slice being one

@@ -1,0 +1,150 @@
+"""Option types every command shares: the same flag means the same thing, with the same help and
+default, wherever it appears. The STA options are added to a command by one decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import StaError
+from ..pruning import STAConfig
+from ..pruning.config import FIRST_GROUP, ORDERS, SCHEDULES, SCORES, SIMILARITIES
+
+_D = STAConfig()
+
+
+def _choices(values) -> str:
+    return " | ".join(values)
+
+
+# --- what to run on ------------------------------------------------------------------------------------
+
+ModelSpec = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", metavar="MODEL", show_default=False,
+                 help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact."),
+]
+R1 = Annotated[
+    Optional[int],
+    typer.Option("--r1", metavar="INT", show_default="an artifact's own r1, else the paper's 64 of 196 scaled to the model",
+                 help="Tokens dropped per frame at the first STA stage (0 = no pruning)."),
+]
+Clip = Annotated[
+    Optional[Path],
+    typer.Option("--clip", metavar="CLIP", show_default="the demo's sample clip for the demo, else a synthetic clip",
+                 help="Video to validate on."),
+]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", help="Output folder.")]
+Force = Annotated[
+    bool,
+    typer.Option("--force", show_default=False,
+                 help="Replace an existing output that sta wrote (never another folder, the current one or its parents)."),
+]
+Revision = Annotated[Optional[str], typer.Option("--revision", metavar="REV", show_default="main", help="Hub revision (branch, tag or commit).")]
+Token = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", show_default="the logged-in one", help="Hugging Face token.")]
+Json = Annotated[bool, typer.Option("--json", show_default=False, help="Print the result as one JSON object on stdout.")]
+
+
+# --- the STA options -----------------------------------------------------------------------------------
+
+_STA_PARAMETERS = [
+    ("first_group", Optional[str], typer.Option(
+        "--first-group", metavar="NAME", show_default=f"{_D.first_group}, or an artifact's own",
+        help=f"Image-style drop on the first visited group: {_choices(FIRST_GROUP)}.")),
+    ("seed", Optional[int], typer.Option(
+        "--seed", metavar="INT", show_default=str(_D.seed),
+        help="Seed for --first-group random | grid and --score random.")),
+    ("order", Optional[str], typer.Option(
+        "--order", metavar="NAME", show_default=f"{_D.order}, or an artifact's own",
+        help=f"Group visiting order per stage (f: first to last, b: last to first): {_choices(ORDERS)}.")),
+    ("schedule", Optional[str], typer.Option(
+        "--schedule", metavar="NAME", show_default=f"{_D.schedule}, or an artifact's own",
+        help=f"Drops across stages: {_choices(SCHEDULES)}.")),
+    ("similarity", Optional[str], typer.Option(
+        "--similarity", metavar="NAME", show_default=f"{_D.similarity}, or an artifact's own",
+        help=f"Feature behind the token affinity: {_choices(SIMILARITIES)}.")),
+    ("score", Optional[str], typer.Option(
+        "--score", metavar="NAME", show_default=f"{_D.score}, or an artifact's own",
+        help=f"Pruning score: {_choices(SCORES)} (random: the paper's baseline).")),
+]
+STA_NAMES = [name for name, _, _ in _STA_PARAMETERS]
+
+
+# --- what the weights cannot tell ----------------------------------------------------------------------
+
+_ARCH_PARAMETERS = [
+    ("num_heads", Optional[int], typer.Option(
+        "--num-heads", metavar="INT", show_default="the config's, else the released model's",
+        help="Attention heads (VideoMAE).")),
+    ("image_size", Optional[int], typer.Option(
+        "--image-size", metavar="PIXELS", show_default="the config's, else the released model's",
+        help="Input height = width.")),
+    ("num_frames", Optional[int], typer.Option(
+        "--num-frames", metavar="INT", show_default="the config's, else the released model's",
+        help="Frames per clip.")),
+    ("mean", Optional[str], typer.Option(
+        "--mean", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
+        help="Normalisation mean of [0, 1] pixels.")),
+    ("std", Optional[str], typer.Option(
+        "--std", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
+        help="Normalisation std of [0, 1] pixels.")),
+]
+
+
+def _adding(parameters: list, pack):
+    """A decorator adding `parameters` (name, type, typer.Option) to a command's signature; the
+    command receives them packed by `pack(given: dict) -> (keyword, value)`."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)  # real types: the module may defer annotations
+        keyword, _ = pack({})
+        params = [p for p in signature.parameters.values() if p.name != keyword]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+            for name, kind, option in parameters
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            keyword, value = pack({name: kwargs.pop(name) for name, _, _ in parameters})
+            return command(*args, **{keyword: value}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=_ordered(params + extra))
+        return wrapper
+
+    return decorate
+
+
+def _pack_arch(given: dict):
+    from ..models.overrides import ArchOverrides
+
+    return "arch", ArchOverrides.parse(**given)
+
+
+def _pack_sta(given: dict):
+    check_seed(given)
+    return "sta_options", {k: v for k, v in given.items() if v is not None}
+
+
+# Add the architecture options; the command receives them as one `arch` (models.ArchOverrides).
+arch_options = _adding(_ARCH_PARAMETERS, _pack_arch)
+# Add the STA options; the command receives the ones the user gave as one dict, `sta_options`.
+sta_options = _adding(_STA_PARAMETERS, _pack_sta)
+
+
+def _ordered(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
+    """Keyword-only parameters after the others (what inspect.Signature requires)."""
+    kinds = [p for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
+    return kinds + [p for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
+
+
+def check_seed(given: dict) -> None:
+    """A seed only matters for random choices: given without one, it is a mistake to point out."""
+    if given.get("seed") is None:
+        return
+    if given.get("first_group") not in ("random", "grid") and given.get("score") != "random":
+        raise StaError("--seed has no effect here: it seeds --first-group random | grid and --score random")

@@ -1,0 +1,11 @@
+"""How library functions report progress: a callable taking one line, silent by default."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+Log = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """The default Log: library calls say nothing unless the caller passes a logger."""

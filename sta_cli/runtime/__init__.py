@@ -1,0 +1,1 @@
+"""What running a model needs, whichever task runs it: ONNX Runtime sessions."""

@@ -1,0 +1,46 @@
+"""ONNX Runtime sessions, built one way for export validation, profiling and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import StaError
+
+
+def session(path: Path, device: str = "cpu", threads: int | None = None, profile_prefix: str | None = None):
+    """(session, provider, note) for the ONNX file `path`.
+
+    device auto | cpu | cuda: CUDA when onnxruntime-gpu is installed and a GPU is visible (auto,
+    cuda), else the CPU with a note saying why. Idle threads do not spin after a run: spinning
+    threads steal the CPU from whatever runs next (PyTorch, another session), which skews every
+    side-by-side timing.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise StaError("ONNX Runtime is not installed: pip install 'sta-cli[export]' (or [gpu])") from None
+    if not Path(path).is_file():
+        raise StaError(f"no such ONNX file: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings would clutter stderr
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    providers, note = _providers(ort, device)
+    try:
+        sess = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types, none of them exported stably
+        raise StaError(f"cannot load {path} with ONNX Runtime: {str(e).splitlines()[0]}") from None
+    used = sess.get_providers()[0]
+    if providers[0] == "CUDAExecutionProvider" and used != "CUDAExecutionProvider":
+        note = "no GPU visible to onnxruntime; using the CPU"
+    return sess, used, note
+
+
+def _providers(ort, device: str) -> tuple[list[str], str]:
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], ""
+    note = "onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu); using the CPU" if device == "cuda" else ""
+    return ["CPUExecutionProvider"], note

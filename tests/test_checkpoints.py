@@ -1,0 +1,439 @@
+"""Checkpoints as their owners saved them, and what sta may and may not assume about them.
+
+Every layout test builds random weights in the exact key layout of a real release (tiny sizes) and
+compares logits with a reference: transformers for VideoMAE, torchvision's own outputs (the Swin
+fixtures) for Video Swin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_HF, populate_hf_cache, save_hub_folder, tiny_hf_model, to_original_layout
+from safetensors.torch import load_file, save_file
+
+import sta_cli
+from sta_cli.errors import StaError
+from sta_cli.models import videomae, videoswin
+from sta_cli.models.registry import ALIASES, kinetics400_labels, ssv2_labels
+
+FIXTURES = Path(__file__).parent / "fixtures" / "swin"
+TINY_ARCH = dict(num_heads=TINY_HF["num_attention_heads"], image_size=TINY_HF["image_size"], num_frames=TINY_HF["num_frames"],
+                 mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+SWIN_ARCH = dict(image_size=48, num_frames=8, mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+
+
+@torch.no_grad()
+def hf_logits(hf_model, clip):
+    return hf_model(pixel_values=clip.transpose(1, 2)).logits  # transformers takes (B, T, C, H, W)
+
+
+def max_diff(model, clip, reference) -> float:
+    with torch.no_grad():
+        return (model(clip) - reference).abs().max().item()
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "sta_cli", *map(str, args)], capture_output=True, text=True,
+                          env=env or os.environ.copy(), timeout=timeout)
+
+
+def error_lines(r) -> list[str]:
+    return [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("·")]
+
+
+# --- VideoMAE: head count of the converted ViT-S (issue 11, item 1) --------------------------------
+
+SMALL = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=16, intermediate_size=1536,
+             image_size=32, num_frames=8, num_labels=3)
+
+
+@pytest.fixture(scope="module")
+def small16(tmp_path_factory):
+    """A ViT-S with the Hub's 16-head config (a transformers fine-tune really runs with 16) and a tiny input."""
+    model = tiny_hf_model(seed=4, **SMALL)
+    with torch.no_grad():  # peaked attention: the head split matters
+        for layer in model.videomae.encoder.layer:
+            layer.attention.attention.query.weight.mul_(6)
+    folder = save_hub_folder(model, tmp_path_factory.mktemp("small") / "finetuned-small")
+    return model, folder
+
+
+@pytest.fixture
+def small_clip():
+    torch.manual_seed(5)
+    return torch.randn(2, 3, SMALL["num_frames"], SMALL["image_size"], SMALL["image_size"])
+
+
+def test_fine_tuned_small_keeps_its_16_heads(small16, small_clip):
+    hf, folder = small16
+    model = sta_cli.load(folder)
+    assert model.cfg.num_heads == 16 and model.provenance["values"]["num_heads"]["from"] == "config"
+    assert max_diff(model, small_clip, hf_logits(hf, small_clip)) <= 1e-5
+
+
+def test_mcg_nju_small_runs_with_6_heads(tmp_path, small16, small_clip):
+    hf, folder = small16
+    files = {n: folder / n for n in ("config.json", "model.safetensors")}
+    snap = populate_hf_cache(tmp_path / "hub", "MCG-NJU/videomae-small-finetuned-kinetics", files)
+    model = sta_cli.load(snap)  # the cache path names the repo
+    assert model.cfg.num_heads == 6
+    prov = model.provenance["values"]["num_heads"]
+    assert prov["from"] == "known checkpoint" and "6-head" in prov["why"]
+    six = tiny_hf_model(seed=4, **{**SMALL, "num_attention_heads": 6})
+    six.load_state_dict(hf.state_dict())
+    assert max_diff(model, small_clip, hf_logits(six, small_clip)) <= 1e-5
+    forced = sta_cli.load(snap, num_heads=16)  # --num-heads follows the config instead
+    assert forced.cfg.num_heads == 16 and max_diff(forced, small_clip, hf_logits(hf, small_clip)) <= 1e-5
+
+
+def test_head_note_is_one_log_line_not_a_warning(tmp_path, small16):
+    _, folder = small16
+    files = {n: folder / n for n in ("config.json", "model.safetensors")}
+    populate_hf_cache(tmp_path / "hub", "MCG-NJU/videomae-small-finetuned-kinetics", files)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    r = run_cli("prune", "--model", "videomae-small", "--r1", "1", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "heads 6 (known checkpoint" in notes[0], r.stderr
+    assert "Warning" not in r.stderr and ".py:" not in r.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model"]["num_heads"] == 6 and config["provenance"]["values"]["num_heads"]["from"] == "known checkpoint"
+
+
+# --- original save formats (item 2) ----------------------------------------------------------------
+
+
+def _save_model_format(sd) -> dict:
+    """What VideoMAE's (and VideoMAE V2's) utils.save_model writes without DeepSpeed."""
+    args = argparse.Namespace(model="vit_small_patch16_224", batch_size=8, lr=1e-3, nb_classes=5, data_path="/data/k400",
+                              layer_decay=0.75, dist_eval=True, drop_path=0.1, auto_resume=True, input_size=224)
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
+    return {"model": sd, "optimizer": optimizer, "epoch": 29, "scaler": {"scale": 65536.0, "growth_factor": 2.0}, "args": args}
+
+
+def _deepspeed_format(sd) -> dict:
+    """mp_rank_00_model_states.pt of a DeepSpeed run (VideoMAE's --enable_deepspeed)."""
+    shapes = [OrderedDict((k, v.shape) for k, v in sd.items())]
+    return {"module": sd, "buffer_names": [], "optimizer": None, "param_shapes": shapes, "lr_scheduler": None,
+            "global_steps": 1200, "global_samples": 9600, "dp_world_size": 8, "mp_world_size": 1,
+            "ds_config": {"train_batch_size": 64, "fp16": {"enabled": True}}, "ds_version": "0.9.5", "epoch": 29}
+
+
+@pytest.mark.parametrize("fmt", ["save_model", "deepspeed", "plain"])
+def test_original_save_formats(tmp_path, hf_model, clip, fmt):
+    sd = to_original_layout(hf_model.state_dict())
+    obj = {"save_model": _save_model_format, "deepspeed": _deepspeed_format, "plain": lambda s: s}[fmt](sd)
+    torch.save(obj, tmp_path / "checkpoint-29.pth")
+    model = sta_cli.load(tmp_path / "checkpoint-29.pth", **TINY_ARCH)
+    assert max_diff(model, clip, hf_logits(hf_model, clip)) <= 1e-4  # eps 1e-6 (original) vs 1e-12 (transformers)
+
+
+def test_unsafe_pickles_are_refused_with_a_clean_line(tmp_path, hf_model):
+    sd = to_original_layout(hf_model.state_dict())
+    obj = _save_model_format(sd)
+    obj["args"].output_dir = Path("/tmp/out")  # a type the safe unpickler does not allow
+    torch.save(obj, tmp_path / "paths.pth")
+    with pytest.raises(StaError) as e:
+        sta_cli.load(tmp_path / "paths.pth", **TINY_ARCH)
+    message = str(e.value)
+    assert "not plain weights" in message and "pathlib" in message and "refusing" in message
+    assert "\x1b" not in message and "weights_only" not in message and "\n" not in message
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(os.urandom(4096).replace(b"PK", b"xx").lstrip(b"\x80") or b"x")
+    r = run_cli("prune", "--model", path, "--r1", "1", "-o", tmp_path / "out")
+    assert r.returncode == 1 and error_lines(r) == [f"sta: error: {path} is not a checkpoint: neither a PyTorch file "
+                                                    "(zip archive or pickle) nor safetensors"], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- labels (item 3) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes,first,last", [(400, "abseiling", "zumba"),
+                                                 (174, "Approaching something with your camera", "Wiping something off of something")])
+def test_head_size_names_the_dataset(tmp_path, classes, first, last):
+    hf = tiny_hf_model(seed=1, num_labels=classes)
+    torch.save({"model": to_original_layout(hf.state_dict())}, tmp_path / "ft.pth")
+    model = sta_cli.load(tmp_path / "ft.pth", **TINY_ARCH)
+    assert model.labels[0] == first and model.labels[-1] == last and len(model.labels) == classes
+    assert model.provenance["values"]["labels"]["from"] == "assumed"
+    assert model.preprocessing["frame_stride"] == (2 if classes == 174 else 4)
+
+
+def test_label_files():
+    k400, ssv2 = kinetics400_labels(), ssv2_labels()
+    assert len(k400) == len(set(k400)) == 400 and k400 == sorted(k400)  # the heads' index order is alphabetical
+    assert len(ssv2) == len(set(ssv2)) == 174 and ssv2[0] == "Approaching something with your camera"
+    assert ssv2[102] == "Putting number of something onto something" and ssv2[-1] == "Wiping something off of something"
+
+
+# --- mmaction2 1.x (item 4) ------------------------------------------------------------------------
+
+
+def to_mmaction2_vit(orig: dict[str, torch.Tensor], tokens: int, embed: int) -> dict:
+    """VideoMAE original keys -> mmaction2 1.x `vit_mae.py` in a Recognizer3D (its own key names)."""
+    out = {}
+    for k, v in orig.items():
+        k = k.replace("patch_embed.proj.", "patch_embed.projection.")
+        k = k.replace(".mlp.fc1.", ".mlp.layers.0.0.").replace(".mlp.fc2.", ".mlp.layers.1.")
+        out["cls_head.fc_cls." + k[5:] if k.startswith("head.") else "backbone." + k] = v
+    out["backbone.pos_embed"] = videomae.sinusoid_table(tokens, embed)  # a persistent buffer there
+    return {"meta": {"mmengine_version": "0.7.3", "epoch": 30, "dataset_meta": None}, "state_dict": out}
+
+
+def test_mmaction2_vit_layout(tmp_path, hf_model, clip):
+    n_tokens = (TINY_HF["num_frames"] // 2) * (TINY_HF["image_size"] // 16) ** 2
+    ckpt = to_mmaction2_vit(to_original_layout(hf_model.state_dict()), n_tokens, TINY_HF["hidden_size"])
+    assert "backbone.blocks.0.mlp.layers.0.0.weight" in ckpt["state_dict"] and "backbone.patch_embed.projection.weight" in ckpt["state_dict"]
+    torch.save(ckpt, tmp_path / "vit.pth")
+    model = sta_cli.load(tmp_path / "vit.pth", **TINY_ARCH)
+    assert model.family == "videomae"
+    assert max_diff(model, clip, hf_logits(hf_model, clip)) <= 1e-4
+    with pytest.raises(StaError, match="position table has 64 tokens"):
+        sta_cli.load(tmp_path / "vit.pth", **{**TINY_ARCH, "num_frames": 16})
+
+
+def to_mmaction2_swin(tv: dict[str, torch.Tensor]) -> dict:
+    """torchvision swin3d keys -> mmaction2 1.x `swin.py` (final norm `backbone.norm3`, head `cls_head.fc_cls`)."""
+    out = {}
+    for k, v in tv.items():
+        parts = k.split(".")
+        if parts[0] == "features":
+            f = int(parts[1])
+            rest = ".".join(parts[3:]).replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+            k = f"backbone.layers.{f // 2}.blocks.{parts[2]}.{rest}" if f % 2 == 0 else f"backbone.layers.{f // 2}.downsample.{'.'.join(parts[2:])}"
+        elif parts[0] == "head":
+            k = "cls_head.fc_cls." + parts[1]
+        elif parts[0] == "norm":
+            k = "backbone.norm3." + parts[1]
+        else:
+            k = "backbone." + k
+        out[k] = v
+    return out
+
+
+def test_mmaction2_swin_layout(tmp_path):
+    sd = to_mmaction2_swin(load_file(FIXTURES / "grid_torchvision.safetensors"))
+    assert "backbone.norm3.weight" in sd and "backbone.norm.weight" not in sd
+    torch.save({"meta": {"mmengine_version": "0.8.4", "epoch": 30}, "state_dict": sd}, tmp_path / "swin.pth")
+    model = sta_cli.load(tmp_path / "swin.pth", **SWIN_ARCH)
+    io = load_file(FIXTURES / "grid_io.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["input"]), io["logits"], atol=1e-5, rtol=1e-5)
+
+
+# --- Video Swin: SSv2 alias, preprocessing, unpruned export (items 5-7) ------------------------------
+
+
+def test_swin_ssv2_alias_from_cache(tmp_path, monkeypatch):
+    alias = ALIASES["videoswin-base-ssv2"]
+    assert alias.source.endswith("/v1.0.4/swin_base_patch244_window1677_sthv2.pth")
+    assert (alias.family, alias.size, alias.classes, alias.dataset) == ("videoswin", "B", 174, "ssv2")
+    sd = load_file(FIXTURES / "grid_torchvision.safetensors")
+    torch.manual_seed(0)
+    sd["head.weight"], sd["head.bias"] = torch.randn(174, sd["head.weight"].shape[1]), torch.randn(174)
+    monkeypatch.setenv("STA_CACHE", str(tmp_path))
+    monkeypatch.setenv("STA_OFFLINE", "1")
+    torch.save({"state_dict": to_mmaction2_swin(sd)}, tmp_path / "swin_base_patch244_window1677_sthv2.pth")
+    model = sta_cli.load("videoswin-base-ssv2")
+    assert model.labels == ssv2_labels()
+    pre = model.preprocessing
+    assert (pre["short_side"], pre["crop_size"], pre["num_frames"], pre["frame_stride"]) == (256, 224, 32, 2)
+
+
+def test_released_swin_without_config_assumes_its_protocol():
+    """A Swin-T-shaped state dict with no config: 32x224^2, short side 256, ImageNet mean/std, all recorded."""
+    cfg = videoswin.VideoSwinConfig()  # Swin-T
+    with torch.device("meta"):
+        shapes = videoswin.shapes_from_state_dict(videoswin.VideoSwin(cfg).state_dict())
+    assert videoswin.released(shapes) == "Video Swin-T"
+    assert videoswin.released({**shapes, "embed_dim": 64}) is None
+
+
+def test_unpruned_swin_exports_and_validates(tmp_path):
+    from sta_cli.export import export
+
+    cfg = videoswin.VideoSwinConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4),
+                                    num_frames=4, image_size=64, num_classes=5)
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in videoswin.VideoSwin(cfg).state_dict().items()}, tmp_path / "swin.safetensors")
+    report = export(tmp_path / "swin.safetensors", "onnx", tmp_path / "onnx", r1=0,
+                    arch=sta_cli.models.ArchOverrides(image_size=64, num_frames=4, mean=(0.5,) * 3, std=(0.5,) * 3))
+    checks = report["validation"]["checks"]
+    assert all(c["ok"] for c in checks), [c["message"] for c in checks if not c["ok"]]
+    assert report["validation"]["max_abs_diff"] < 1e-4 and list(report["graph"]["outputs"]) == ["logits"]
+
+
+# --- VideoMAE V2 (item 8) --------------------------------------------------------------------------
+
+
+def test_videomae_v2_layout_with_layer_scale(tmp_path, clip):
+    """VideoMAE V2's modeling_finetune.py with init_values > 0 (gamma_1, gamma_2), saved by its utils.save_model.
+    Reference: transformers with each gamma folded into the linear layer before it."""
+    hf = tiny_hf_model(seed=2)
+    sd = {k: v.clone() for k, v in to_original_layout(hf.state_dict()).items()}  # hf is changed below
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, layer in enumerate(hf.videomae.encoder.layer):
+            g1, g2 = torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5, torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5
+            sd[f"blocks.{i}.gamma_1"], sd[f"blocks.{i}.gamma_2"] = g1, g2
+            for lin, g in ((layer.attention.output.dense, g1), (layer.output.dense, g2)):
+                lin.weight.mul_(g[:, None])
+                lin.bias.mul_(g)
+    torch.save(_save_model_format(sd), tmp_path / "vit_g_k400_ft.pth")
+    model = sta_cli.load(tmp_path / "vit_g_k400_ft.pth", **TINY_ARCH)
+    assert model.cfg.layer_scale
+    assert max_diff(model, clip, hf_logits(hf, clip)) <= 1e-4
+    sd["blocks.0.attn.scale"] = torch.zeros(4, 1, 1)  # cos_attn=True
+    torch.save({"model": sd}, tmp_path / "cos.pth")
+    with pytest.raises(StaError, match="cosine attention"):
+        sta_cli.load(tmp_path / "cos.pth", **TINY_ARCH)
+
+
+def test_videomae_v2_patch14(tmp_path):
+    """ViT-g's geometry at tiny width: patch 14, so 16x16 tokens per frame at 224 px (here 2x2 at 28 px)."""
+    hf = tiny_hf_model(seed=3, patch_size=14, image_size=28, num_frames=4)
+    torch.save({"module": to_original_layout(hf.state_dict())}, tmp_path / "g.pth")
+    model = sta_cli.load(tmp_path / "g.pth", **{**TINY_ARCH, "image_size": 28, "num_frames": 4})
+    assert model.cfg.patch_size == 14 and model.cfg.grid == (2, 2, 2)
+    x = torch.randn(1, 3, 4, 28, 28)
+    assert max_diff(model, x, hf_logits(hf, x)) <= 1e-4
+
+
+def test_vit_g_is_a_released_size_and_its_flops():
+    shapes = dict(embed_dim=1408, depth=40, mlp_dim=6144, num_classes=400, patch_size=14, tubelet_size=2, in_chans=3,
+                  qkv_bias=True, use_mean_pooling=True, layer_scale=False)
+    assert videomae.released(shapes) == ("VideoMAE V2 ViT-g", 16)
+    from sta_cli.flops import gflops
+    from sta_cli.pruning import STAConfig
+
+    cfg = videomae.VideoMAEConfig(**{**shapes, "num_heads": 16, "image_size": 224, "num_frames": 16})
+    assert cfg.grid == (8, 16, 16)
+    with torch.device("meta"):
+        model = videomae.VideoMAE(cfg)
+    got = []
+    for r1 in (0, 32, 48, 64):
+        model.set_sta(STAConfig(r1=r1))
+        got.append(gflops(model))
+    assert got[0] > got[1] > got[2] > got[3] and 2400 < got[0] < 2700, got
+
+
+@pytest.mark.parametrize("name,size", [("videomaev2-small", "S"), ("videomaev2-base", "B")])
+def test_videomae_v2_aliases(name, size):
+    a = ALIASES[name]
+    assert a.family == "videomae" and a.size == size and a.classes == 400 and a.frame_stride == 4
+    assert a.source.startswith("https://download.openmmlab.com/mmaction/v1.0/recognition/videomaev2/")
+    assert a.source.endswith(".pth") and "-dist-k710-pre_16x4x1_kinetics-400" in a.source
+
+
+# --- guessed architecture, absurd configs, config tracebacks (issue 9) --------------------------------
+
+
+def test_weights_alone_need_what_they_cannot_tell(tmp_path):
+    from sta_cli.demo import DEMO_DIR
+
+    shutil.copy(DEMO_DIR / "model.safetensors", tmp_path / "model.safetensors")
+    r = run_cli("prune", "--model", tmp_path, "--r1", "4", "-o", tmp_path / "out")
+    assert r.returncode == 1 and len(error_lines(r)) == 1, r.stderr
+    assert "num_heads, image_size, num_frames, mean, std" in r.stderr and "--num-heads" in r.stderr
+    demo = json.loads((DEMO_DIR / "config.json").read_text())
+    pre = demo["preprocessing"]
+    arch = ["--num-heads", demo["model"]["num_heads"], "--image-size", demo["model"]["image_size"],
+            "--num-frames", demo["model"]["num_frames"], "--mean", ",".join(map(str, pre["mean"])), "--std", ",".join(map(str, pre["std"]))]
+    r = run_cli("prune", "--model", tmp_path, "--r1", "4", "-o", tmp_path / "out", *arch)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "heads 2 (option)" in notes[0] and "input size 64 (option)" in notes[0], r.stderr
+    prov = json.loads((tmp_path / "out" / "config.json").read_text())["provenance"]["values"]
+    assert prov["num_heads"] == {"value": 2, "from": "option"} and prov["std"]["value"] == pre["std"]
+    x = torch.randn(1, 3, 16, 64, 64)
+    assert max_diff(sta_cli.load(tmp_path / "out", r1=0), x, sta_cli.load("demo", r1=0)(x)) == 0
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"hidden_size": 2**26}, "config says hidden_size 67108864 but the weights have 48"),
+    ({"image_size": 2**20}, "not a real VideoMAE input size"),
+    ({"hidden_size": "abc"}, "hidden_size must be a positive integer, got 'abc'"),
+    ({"num_frames": -8}, "num_frames must be a positive integer, got -8"),
+])
+def test_bad_configs_fail_before_allocating(tmp_path, hub_folder, change, fragment):
+    folder = tmp_path / "m"
+    shutil.copytree(hub_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    t0 = time.perf_counter()
+    with pytest.raises(StaError, match=fragment):
+        sta_cli.load(folder)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_config_that_is_not_an_object(tmp_path, hub_folder):
+    folder = tmp_path / "m"
+    shutil.copytree(hub_folder, folder)
+    (folder / "config.json").write_text("[1, 2, 3]")
+    r = run_cli("prune", "--model", folder, "--r1", "1", "-o", tmp_path / "out")
+    assert r.returncode == 1 and error_lines(r) == [f"sta: error: {folder / 'config.json'} is not a JSON object (it holds a list)"]
+
+
+def test_huge_image_size_option_is_refused_cleanly(tmp_path, hub_folder):
+    r = run_cli("prune", "--model", hub_folder, "--image-size", 2**20, "--r1", "1", "-o", tmp_path / "out")
+    assert r.returncode == 1 and len(error_lines(r)) == 1 and "not a real VideoMAE input size" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_option_values():
+    for kwargs, fragment in [({"mean": "1,2"}, "mean must be three finite numbers"), ({"std": "0,1,1"}, "above 0"),
+                             ({"num_heads": 0}, "num-heads must be a positive integer")]:
+        with pytest.raises(StaError, match=fragment):
+            sta_cli.load("demo", **kwargs)
+    with pytest.raises(StaError, match="does not apply to Video Swin"):
+        sta_cli.load(FIXTURES / "grid_torchvision.safetensors", num_heads=3, **SWIN_ARCH)
+
+
+def test_arch_options_on_every_command():
+    for command in ("prune", "export", "profile", "eval"):
+        r = run_cli(command, "--help", env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0
+        for option in ("--num-heads", "--image-size", "--num-frames", "--mean", "--std"):
+            assert option in r.stdout, (command, option)
+
+
+# --- network ---------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unreachable_hub_fails_fast(tmp_path, hub_folder):
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "HF_HOME": str(tmp_path / "home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    t0 = time.perf_counter()
+    r = run_cli("prune", "--model", "no-such/repo", "--r1", "1", "-o", tmp_path / "out", env=env)
+    assert time.perf_counter() - t0 < 30
+    lines = error_lines(r)
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "the Hub is unreachable" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and "not found on the Hub" not in lines[0]
+    # The same repo complete in the cache is used, with one note.
+    populate_hf_cache(tmp_path / "hub", "someone/cached", {n: hub_folder / n for n in ("config.json", "model.safetensors")})
+    r = run_cli("prune", "--model", "someone/cached", "--r1", "1", "-o", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "the Hub is unreachable" in r.stderr and "using someone/cached from the local cache" in r.stderr

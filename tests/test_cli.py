@@ -1,0 +1,71 @@
+"""The command line's conventions: help, usage errors, option types shared across commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, check_error_text, run_cli
+
+COMMANDS = ["models", "prune", "export", "profile", "eval"]
+
+
+def test_console_script_runs():
+    script = Path(sys.executable).parent / "sta"
+    assert script.is_file(), "the `sta` console script is not installed next to this Python"
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("sta "), r.stderr
+    r = subprocess.run([sys.executable, "-m", "sta_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("sta "), r.stderr
+
+
+def test_top_level_help_lists_commands_in_workflow_order():
+    r = run_cli("-h")
+    assert r.exit_code == 0
+    listed = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_flags_bare_and_every_default(command):
+    r = run_cli(command, "-h")
+    assert r.exit_code == 0, r.stderr
+    assert "<bool>" not in r.stdout and "--force / --no-force" not in r.stdout
+    if command in ("prune", "export", "profile", "eval"):
+        text = " ".join(r.stdout.split())
+        for option in ("--first-group", "--seed", "--order", "--schedule", "--similarity", "--score"):
+            assert option in text
+        assert "[default: (sta, or an artifact's own)]" in text  # the STA options show their defaults
+        assert "sta | temporal | semantic | random" in text
+
+
+@pytest.mark.parametrize("args, words", [
+    (["prune", "--model", "demo", "--r1", "abc"], "Invalid value for '--r1'"),
+    (["prune", "--no-such-option"], "No such option"),
+    (["eval"], "Missing argument 'DATASET'"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(args, words):
+    r = subprocess.run([sys.executable, "-m", "sta_cli", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    check_error_text(r.stderr, words)
+
+
+def test_seed_without_a_random_choice_is_an_error(tmp_path):
+    r = run_cli("prune", "--model", "demo", "--seed", 3, "-o", tmp_path / "x")
+    assert_one_line_error(r, "--seed has no effect")
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_without_a_model_takes_the_demo_with_an_r1_list_that_fits(tmp_path):
+    demo = Path(__import__("sta_cli").__file__).parent / "assets" / "demo"
+    (tmp_path / "videos.txt").write_text(f"{demo / 'sample.mp4'} 0\n")
+    r = run_cli("eval", "videos.txt", "--workers", 0, "--json", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert "using the packaged demo model" in r.stderr
+    import json
+
+    summary = json.loads(r.stdout)
+    assert [row["r1"] for row in summary["settings"]] == [0, 10, 21]

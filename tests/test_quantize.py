@@ -1,0 +1,133 @@
+"""`sta export --quantize int8`: model.int8.onnx (linear layers int8, STA scores float32), validated
+against the float32 PyTorch model on the packaged demo; `sta profile` times it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime.quantization")
+
+from sta_cli.cli import app  # noqa: E402
+from sta_cli.export import export  # noqa: E402
+from sta_cli.export import quantize as q  # noqa: E402
+
+runner = CliRunner()
+
+
+def run_cli(*args, cwd: Path):
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def demo_int8(tmp_path_factory) -> tuple[Path, dict]:
+    """`sta prune --model demo` then `sta export --quantize int8` (64 held-out clips to stay fast)."""
+    cwd = tmp_path_factory.mktemp("int8")
+    r = run_cli("prune", "--model", "demo", "-o", "demo-sta", cwd=cwd)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("export", "demo-sta", "--quantize", "int8", "--accuracy-clips", 64, "--json", cwd=cwd)
+    assert r.exit_code == 0, r.stderr
+    return cwd / "demo-sta", json.loads(r.stdout)
+
+
+def test_quantised_demo_graph_validates(demo_int8):
+    folder, report = demo_int8
+    assert report["ok"] and (folder / "model.int8.onnx").is_file() and (folder / "model.onnx").is_file()
+    int8 = report["int8"]
+    checks = int8["validation"]["checks"]
+    assert [c["message"] for c in checks if not c["ok"] and c["kind"] != "warning"] == []
+    assert int8["quantization"]["quantized"] == int8["quantization"]["linear_layers"] - 1  # all but the head (Gemm)
+    assert int8["logit_cosine"] >= q.MIN_COSINE
+    acc = int8["accuracy"]
+    assert acc["clips"] == 64 and acc["drop"] <= q.DEFAULT_MAX_ACCURACY_DROP
+    assert acc["drop"] == pytest.approx(acc["float32_unpruned"] - acc["int8_sta"], abs=0.02)
+    messages = [c["message"] for c in checks]
+    assert any(m.startswith("kept-set overlap with float32 PyTorch (stage 1:") for m in messages)
+    assert any(m.startswith("top-1 identical to float32 PyTorch") for m in messages)
+    assert any(m.startswith("held-out top-1 on 64 demo clips: int8 + STA") for m in messages)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["exports"]["onnx_int8"]["file"] == "model.int8.onnx" and config["exports"]["onnx"]["file"] == "model.onnx"
+
+
+def test_scores_stay_float32(demo_int8):
+    """Only MatMuls with a stored weight became integer ops; every activation x activation product
+    (attention and STA's similarity / transition matrices) is still a float MatMul feeding TopK."""
+    folder, report = demo_int8
+    float_graph = onnx.load(str(folder / "model.onnx"))
+    int8_graph = onnx.load(str(folder / "model.int8.onnx"))
+    linear, activation = q.linear_nodes(float_graph)
+    constants = q._constants(int8_graph.graph)
+    integer = [n for n in int8_graph.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert integer and all(n.input[1] in constants for n in integer)
+    left = [n for n in int8_graph.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
+    assert len(left) == activation == report["int8"]["quantization"]["float_matmuls"] > 0
+    assert sum(1 for n in int8_graph.graph.node if n.op_type == "TopK") == sum(1 for n in float_graph.graph.node if n.op_type == "TopK")
+    assert os.path.getsize(folder / "model.int8.onnx") < 0.6 * os.path.getsize(folder / "model.onnx")
+
+
+def test_profile_times_the_int8_graph(demo_int8):
+    from sta_cli.profile import profile
+
+    folder, _ = demo_int8
+    report = profile(model=folder, runs=2)
+    assert report["onnx_int8"]["file"].endswith("model.int8.onnx")
+    assert report["pruned"]["onnxruntime_int8"]["latency_ms"] > 0
+    assert report["onnx_int8"]["logit_cosine_vs_pruned"] >= q.MIN_COSINE
+
+
+def test_accuracy_drop_past_the_threshold_fails_and_writes_nothing(tmp_path, monkeypatch):
+    real = q.heldout_accuracy
+
+    def worse(run, model, clips, batch):
+        measured = real(run, model, clips, batch)
+        return {**measured, "int8_sta": measured["float32_unpruned"] - 3.0, "drop": 3.0}
+
+    monkeypatch.setattr(q, "heldout_accuracy", worse)
+    r = run_cli("export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16,
+                "--max-accuracy-drop", 2.5, cwd=tmp_path)
+    assert r.exit_code == 3 and "Traceback" not in r.stderr
+    assert "sta: error: model.int8.onnx: validation failed on held-out clips: held-out top-1 on 16 demo clips" in r.stderr
+    assert "drop +3.00 points, at most 2.5" in r.stdout and "nothing was written" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli("export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16,
+                "--max-accuracy-drop", 3, "--json", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["int8"]["accuracy"]["drop"] == 3.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quantize", "int4"], "unknown --quantize 'int4' (choose int8)"),
+        (["--quantize", "int8", "-f", "torchscript"], "--quantize int8 applies to --format onnx"),
+        (["--quantize", "int8", "--fp16"], "drop --fp16"),
+        (["--max-accuracy-drop", "1"], "apply to --quantize int8"),
+        (["--quantize", "int8", "--max-accuracy-drop", "-1"], "--max-accuracy-drop must be 0 or more"),
+    ],
+)
+def test_bad_quantize_arguments(tmp_path, args, message):
+    r = run_cli("export", "--model", "demo", "-o", "out", *args, cwd=tmp_path)
+    assert r.exit_code != 0 and "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("·")]
+    assert lines == [lines[0]] and lines[0].startswith("sta: error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sessions_do_not_spin(demo_int8):
+    from sta_cli.export.onnx import ort_session
+    from sta_cli.profile import onnx_session
+
+    folder, _ = demo_int8
+    for session in (ort_session(folder / "model.int8.onnx", "cpu")[0], onnx_session(folder / "model.onnx")):
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
