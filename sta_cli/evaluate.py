@@ -514,6 +514,7 @@ def evaluate(
     token: str | bool | None = None,
     arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     progress: Progress | None = None,
+    compile: bool = False,
     **sta_options,
 ) -> dict:
     """Evaluate `model` unpruned and at each r1 on `dataset`; returns the summary (also OUT/summary.json).
@@ -521,6 +522,8 @@ def evaluate(
     r1: list or comma-separated string; 0 (unpruned) is always added. Default: an artifact's own r1,
     else 32 and 64. Other keyword arguments are STAConfig options applied to every pruned setting.
     Run under torchrun to shard the work over processes; every rank returns the same summary.
+    compile: run the model through torch.compile (sta_cli.compiled), compiled for every setting
+    before the first video so that clips/s measures the compiled model, not the compiler.
     """
     from .io.checkpoints import resolve
     from .models import build_from_source
@@ -547,6 +550,10 @@ def evaluate(
             configs = [STAConfig()] + [sta_config(base, v, **sta_options) for v in chosen[1:]]
             for cfg in configs:
                 net.set_sta(cfg)  # validates each r1 against the token grid
+                if compile:
+                    from .compiled import check_compilable
+
+                    check_compilable(cfg)
             return source, net, configs
 
         source, net, configs = dist_ctx.agree(load)
@@ -578,6 +585,7 @@ def evaluate(
         done = set(_rank0_agree(dist_ctx, check_out))
 
         net.to(dist_ctx.device)
+        runner = _compiled(net, configs, batch, dist_ctx.device) if compile else net
         per_chunk = max(1, batch // (n_t * n_s))
         pending = [c for c in make_chunks(len(entries), per_chunk) if not all(i in done for i in c)]
         mine = pending[dist_ctx.rank :: dist_ctx.world]
@@ -600,7 +608,7 @@ def evaluate(
             it = iter(loader)
             for _ in range(steps):
                 items = next(it, None)
-                new = infer_chunk(net, items, configs, batch, dist_ctx.device, timing, precision) if items else []
+                new = infer_chunk(runner, items, configs, batch, dist_ctx.device, timing, precision) if items else []
                 gathered = dist_ctx.gather(new)
                 if not dist_ctx.main:
                     continue
@@ -637,6 +645,18 @@ def evaluate(
     finally:
         held.close()
         dist_ctx.close()
+
+
+def _compiled(net: nn.Module, configs: list[STAConfig], batch: int, device) -> nn.Module:
+    """`net` compiled, with a graph for every setting at the full batch size built before timing starts."""
+    from .compiled import compile_model, warm_up
+
+    from .flops import input_shape_of
+
+    x = torch.zeros(input_shape_of(net, batch), device=device)
+    compiled = compile_model(net)
+    warm_up(compiled, x, {str(i): c for i, c in enumerate(configs)})
+    return compiled
 
 
 def _about(entry: Entry, message: str, prefix: str = "") -> str:

@@ -155,15 +155,16 @@ def timing_summary(times: list[float], batch: int) -> dict:
 
 @torch.inference_mode()
 def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor, runs: int | None,
-               budget: float = 4.0) -> dict[str, dict]:
+               budget: float = 4.0, scoring: bool = True) -> dict[str, dict]:
     """Median latency of model(x) under each STA setting in `configs`, and the share of each run
-    spent in STA's scoring (see scoring_timer).
+    spent in STA's scoring (see scoring_timer; scoring=False for a compiled model, whose scoring
+    is fused into its graph).
 
     The settings take turns run by run, so a change in machine load (other processes, clock
     scaling) hits all of them alike instead of biasing the one measured last.
     """
     device = x.device
-    with scoring_timer(model, device) as spent:
+    with scoring_timer(model, device) if scoring else contextlib.nullcontext([]) as spent:
 
         def call(cfg: STAConfig) -> tuple[float, float]:
             model.set_sta(cfg)
@@ -190,6 +191,8 @@ def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor,
     out = {}
     for name in configs:
         out[name] = timing_summary(times[name], x.shape[0])
+        if not scoring:
+            continue
         out[name]["sta_scoring_share"] = round(statistics.median(s / t for s, t in zip(scoring[name], times[name])), 4)
         out[name]["sta_scoring_ms"] = round(1000 * statistics.median(scoring[name]), 3)
     return out
@@ -327,6 +330,22 @@ def _time_unpruned(path: Path, x: torch.Tensor, batch: int, runs: int | None, th
 # --- the profile ---------------------------------------------------------------------------------
 
 
+def _time_compiled(net: nn.Module, configs: dict[str, STAConfig], xb: torch.Tensor, runs: int | None, side: dict,
+                   log: Log) -> dict:
+    """side[name]["torch_compiled"]: latency of `net` compiled (torch.compile, fullgraph) per setting, and the
+    seconds its first call took (compilation). Timed after eager, interleaved across the settings like eager."""
+    from .compiled import compile_model, warm_up
+
+    log("compiling with torch.compile (fullgraph; the first call per setting compiles)")
+    compiled = compile_model(net)
+    seconds = warm_up(compiled, xb, configs)
+    log(f"timing torch compiled on {xb.device} (batch {xb.shape[0]})")
+    timings = time_torch(compiled, configs, xb, runs, scoring=False)
+    for name in configs:
+        side[name]["torch_compiled"] = {**timings[name], "compile_seconds": round(seconds[name], 3)}
+    return side
+
+
 def _batched(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
@@ -375,6 +394,7 @@ def profile(
     arch=None,  # models.ArchOverrides: explicit input size, heads, normalisation
     log: Log = quiet,
     note: Log | None = None,
+    compile: bool = False,
     **sta_options,
 ) -> dict:
     """Profile `model` (alias, Hub id, folder, weights file or sta artifact) on the video `clip`.
@@ -384,6 +404,8 @@ def profile(
     threads: CPU threads for torch and ONNX Runtime (default: torch's default). On a busy machine
     fewer threads give steadier numbers: small parallel ops, like STA's scoring, wait for every
     thread of the pool and suffer most when one is descheduled.
+    compile: also time the model compiled with torch.compile (sta_cli.compiled), reporting the
+    compile time per setting.
     Returns the report (see README); `note` receives the choices made on the user's behalf.
     """
     if threads is not None and threads < 1:
@@ -393,13 +415,13 @@ def profile(
         torch.set_num_threads(threads)
     try:
         return _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision,
-                        token, log, note, sta_options, arch=arch)
+                        token, log, note, sta_options, arch=arch, compile=compile)
     finally:
         torch.set_num_threads(before)
 
 
 def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision, token, log,
-             note, sta_options, arch=None) -> dict:
+             note, sta_options, arch=None, compile=False) -> dict:
     note = note or log
     notes: list[str] = []
 
@@ -442,6 +464,10 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         say(f"r1={sta.r1}: the artifact's own setting" if base is not None else
             f"r1={sta.r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)")
     net.set_sta(sta)  # validates r1 (and any sweep value, below) before the heavy work
+    if compile:
+        from .compiled import check_compilable
+
+        check_compilable(sta)
     for v in sweep_values or []:
         net.set_sta(sta_config(sta, v))
     net.set_sta(STAConfig())
@@ -506,6 +532,9 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     timings = time_torch(net, {"unpruned": STAConfig(), "pruned": sta}, xb, runs)
     for name in side:
         side[name]["torch"] = timings[name]
+        side[name]["torch_compiled"] = None
+    if compile:
+        side = _time_compiled(net, {"unpruned": STAConfig(), "pruned": sta}, xb, runs, side, log)
     net.set_sta(sta)
 
     onnx_report = None

@@ -45,3 +45,13 @@ def test_load_compile_returns_a_compiled_model_with_the_same_interface():
     model = sta_cli.load("demo", r1=4, compile=True)  # compiles lazily: nothing is traced here
     assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
     assert model.sta.r1 == 4 and model.tokens_per_stage[0] == model.cfg.num_tokens
+
+
+def test_cli_compile_refuses_a_random_order_before_any_work():
+    from typer.testing import CliRunner
+
+    from sta_cli.cli import app
+
+    r = CliRunner().invoke(app, ["profile", "--compile", "--first-group", "grid", "--runs", "1"])
+    assert r.exit_code == 1
+    assert "sta: error: --compile: first_group=grid" in r.stderr and "Traceback" not in r.stderr

@@ -76,6 +76,7 @@ def eval_command(
     device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cpu or cuda (default: cuda:LOCAL_RANK when available).")] = None,
     precision: Annotated[str, typer.Option("--precision", metavar="NAME", help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).")] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Run the model compiled with torch.compile (fullgraph); compiled before the first video.")] = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,
@@ -98,6 +99,7 @@ def eval_command(
         summary = evaluate(
             dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
             device=device, precision=precision, revision=revision, token=token, arch=arch, progress=RichProgress() if main_rank else None,
+            compile=compile,
             **sta_options,
         )
     except StaError as e:

@@ -31,6 +31,7 @@ def profile(
     runs: Annotated[Optional[int], typer.Option("--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu or cuda.")] = "cpu",
+    compile: Annotated[bool, typer.Option("--compile", help="Also time the model compiled with torch.compile (fullgraph), with its compile time.")] = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,
@@ -43,7 +44,7 @@ def profile(
     model = c.default_model("profile", model, demo=True)
     report = lib.profile(
         clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
-        runs=runs, threads=threads, device=device, revision=revision, token=token,
+        runs=runs, threads=threads, device=device, revision=revision, token=token, compile=compile,
         arch=arch,
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
@@ -84,6 +85,10 @@ def print_report(r: dict) -> None:
     table.add_row(FLOPS_LABEL, f"{u['gflops']:.3g}", f"{p['gflops']:.3g} (-{cut:.0%})")
     table.add_row("tokens per stage", " -> ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"])))
     table.add_row(f"torch eager ({u['torch']['runs']} runs, median)", _timing(u["torch"]), _timing(p["torch"]))
+    if u.get("torch_compiled"):
+        table.add_row("torch compiled", _timing(u["torch_compiled"]), _timing(p["torch_compiled"]))
+        table.add_row("  compile time (first call)", f"{u['torch_compiled']['compile_seconds']:.1f} s",
+                      f"{p['torch_compiled']['compile_seconds']:.1f} s")
     if r["onnx"] is not None:
         note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
         table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
