@@ -133,14 +133,17 @@ def profile_share(path: Path, feed: dict, threads: int, runs: int = 3) -> dict:
             by_op[op] = by_op.get(op, 0.0) + e["dur"]
     all_ = sum(totals.values())
     top_ops = sorted(by_op.items(), key=lambda kv: -kv[1])[:6]
-    return {**{k: round(v / all_, 4) for k, v in totals.items()}, "top_by_op": {k: round(v / all_, 4) for k, v in top_ops}}
+    return {
+        **{k: round(v / all_, 4) for k, v in totals.items()},
+        "top_by_op": {k: round(v / all_, 4) for k, v in top_ops},
+    }
 
 
 def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict:
     cfg = SIZES[size]
     model = random_model(cfg)
     x = {b: torch.randn(b, 3, cfg.num_frames, cfg.image_size, cfg.image_size) for b in (1, 4)}
-    rows, sessions, flops = {}, {}, {}
+    _rows, sessions, flops = {}, {}, {}
     for r1 in R1S:
         model.set_sta(STAConfig(r1=r1))
         flops[r1] = gflops(model)
@@ -159,31 +162,39 @@ def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict
         eager[r1] = random_model(cfg)
         eager[r1].set_sta(STAConfig(r1=r1))
 
-    out = {"size": size, "threads": threads, "rounds": rounds, "gflops": {r: round(f, 2) for r, f in flops.items()}, "batches": {}}
+    out = {
+        "size": size,
+        "threads": threads,
+        "rounds": rounds,
+        "gflops": {r: round(f, 2) for r, f in flops.items()},
+        "batches": {},
+    }
     for b in (1, 4):
         feed = {"pixel_values": x[b].numpy()}
         log(f"ViT-{size} batch {b}: ONNX Runtime ({rounds} rounds)")
-        configs = {f"ort-{r1}": (lambda s=sessions[r1]: s.run(None, feed)) for r1 in R1S}
-        configs["ort-64-fixed"] = lambda: fixed.run(None, feed)
+        configs = {f"ort-{r1}": (lambda s=sessions[r1], feed=feed: s.run(None, feed)) for r1 in R1S}
+        configs["ort-64-fixed"] = lambda feed=feed: fixed.run(None, feed)
         ort_t = interleaved(configs, rounds)
         log(f"ViT-{size} batch {b}: torch eager ({rounds} rounds)")
 
-        def run_eager(m):
+        def run_eager(m, b=b):
             with torch.inference_mode():
                 m(x[b])
 
         torch_t = interleaved({f"torch-{r1}": (lambda m=eager[r1]: run_eager(m)) for r1 in R1S}, rounds)
         table = []
         for r1 in R1S:
-            table.append({
-                "r1": r1,
-                "gflops": round(flops[r1], 2),
-                "flop_ratio": round(flops[0] / flops[r1], 3),
-                "ort_ms": round(1000 * ort_t[f"ort-{r1}"], 1),
-                "ort_speedup": round(ort_t["ort-0"] / ort_t[f"ort-{r1}"], 3),
-                "torch_ms": round(1000 * torch_t[f"torch-{r1}"], 1),
-                "torch_speedup": round(torch_t["torch-0"] / torch_t[f"torch-{r1}"], 3),
-            })
+            table.append(
+                {
+                    "r1": r1,
+                    "gflops": round(flops[r1], 2),
+                    "flop_ratio": round(flops[0] / flops[r1], 3),
+                    "ort_ms": round(1000 * ort_t[f"ort-{r1}"], 1),
+                    "ort_speedup": round(ort_t["ort-0"] / ort_t[f"ort-{r1}"], 3),
+                    "torch_ms": round(1000 * torch_t[f"torch-{r1}"], 1),
+                    "torch_speedup": round(torch_t["torch-0"] / torch_t[f"torch-{r1}"], 3),
+                }
+            )
         scoring = (ort_t["ort-64"] - ort_t["ort-64-fixed"]) / ort_t["ort-64"]
         out["batches"][b] = {
             "rows": table,
@@ -193,8 +204,10 @@ def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict
         log(f"ViT-{size} batch {b}: ORT profile")
         out["batches"][b]["ort_profile_share_r64"] = profile_share(workdir / f"{size}-r64.onnx", feed, threads)
         for row in table:
-            log(f"  r1={row['r1']:2d}  ORT {row['ort_ms']:8.1f} ms ({row['ort_speedup']:.2f}x)  torch {row['torch_ms']:8.1f} ms "
-                f"({row['torch_speedup']:.2f}x)  FLOP ratio {row['flop_ratio']:.2f}x")
+            log(
+                f"  r1={row['r1']:2d}  ORT {row['ort_ms']:8.1f} ms ({row['ort_speedup']:.2f}x)  torch {row['torch_ms']:8.1f} ms "
+                f"({row['torch_speedup']:.2f}x)  FLOP ratio {row['flop_ratio']:.2f}x"
+            )
         log(f"  scoring share at r1=64 (vs fixed selection): {100 * scoring:.1f}%")
     return out
 

@@ -54,8 +54,10 @@ def closeness(model, sessions: dict, x: torch.Tensor) -> dict:
         with recording_scores() as record:
             ref = [t for t in ExportModule(model)(x)]
         got = [torch.from_numpy(t) for t in sess.run(None, {"pixel_values": x.numpy()})]
-        row = {"logit_cosine": round(torch.nn.functional.cosine_similarity(got[0], ref[0], dim=-1).min().item(), 6),
-               "same_top1": bool(torch.equal(got[0].argmax(-1), ref[0].argmax(-1)))}
+        row = {
+            "logit_cosine": round(torch.nn.functional.cosine_similarity(got[0], ref[0], dim=-1).min().item(), 6),
+            "same_top1": bool(torch.equal(got[0].argmax(-1), ref[0].argmax(-1))),
+        }
         if r1:
             kept_o, kept_r = [t.long() for t in got[1:]], [t.long() for t in ref[1:]]
             row["kept_set_overlap"] = [round(_set_overlap(o, r), 4) for o, r in zip(kept_o, kept_r)]
@@ -89,8 +91,10 @@ def main() -> None:
             export_onnx(model, path, opset=18, batch=None, metadata={})
             t1 = time.perf_counter()
             info = quantize_int8(path, Path(tmp) / f"r{r1}.int8.onnx")
-            log(f"ViT-{args.size} r1={r1}: exported in {t1 - t0:.0f}s, quantised in {time.perf_counter() - t1:.0f}s "
-                f"({info.quantized}/{info.linear_layers} linear layers int8, {info.float_matmuls} float MatMuls)")
+            log(
+                f"ViT-{args.size} r1={r1}: exported in {t1 - t0:.0f}s, quantised in {time.perf_counter() - t1:.0f}s "
+                f"({info.quantized}/{info.linear_layers} linear layers int8, {info.float_matmuls} float MatMuls)"
+            )
             sessions[f"fp32-r{r1}"] = session(path, args.threads)
             sessions[f"int8-r{r1}"] = session(Path(tmp) / f"r{r1}.int8.onnx", args.threads)
             sizes[f"fp32-r{r1}"], sizes[f"int8-r{r1}"] = path.stat().st_size, info.bytes
@@ -99,14 +103,30 @@ def main() -> None:
         times = interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, args.rounds)
         close = closeness(model, {k: s for k, s in sessions.items() if k.startswith("int8")}, x)
     base = times["fp32-r0"]
-    rows = [{"graph": k, "ms": round(1000 * t, 1), "speedup_vs_fp32_unpruned": round(base / t, 3),
-             "mb": round(sizes[k] / 1e6, 1)} for k, t in times.items()]
+    rows = [
+        {
+            "graph": k,
+            "ms": round(1000 * t, 1),
+            "speedup_vs_fp32_unpruned": round(base / t, 3),
+            "mb": round(sizes[k] / 1e6, 1),
+        }
+        for k, t in times.items()
+    ]
     results = {
         "command": "python bench/int8_speed.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "cpu_count": os.cpu_count(),
-        "size": args.size, "r1": args.r1, "threads": args.threads, "rounds": args.rounds, "batch": 1,
-        "gflops": {r: round(f, 2) for r, f in flops.items()}, "flop_ratio": round(flops[0] / flops[args.r1], 3),
-        "rows": rows, "closeness_to_float32_pytorch": close, "tie_tol_int8": TIE_TOL["int8"],
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "cpu_count": os.cpu_count(),
+        "size": args.size,
+        "r1": args.r1,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "batch": 1,
+        "gflops": {r: round(f, 2) for r, f in flops.items()},
+        "flop_ratio": round(flops[0] / flops[args.r1], 3),
+        "rows": rows,
+        "closeness_to_float32_pytorch": close,
+        "tie_tol_int8": TIE_TOL["int8"],
     }
     for r in rows:
         log(f"  {r['graph']:10s} {r['ms']:8.1f} ms  {r['speedup_vs_fp32_unpruned']:.2f}x  {r['mb']} MB")

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from export_speed import interleaved, session  # same timing and ORT session setup as the ViT bench
+
 from sta_cli.export.graph import ExportModule
 from sta_cli.export.onnx import export_onnx
 from sta_cli.flops import gflops
@@ -34,7 +34,9 @@ from sta_cli.pruning import STAConfig
 SIZES = {
     "T": VideoSwinConfig(),  # Swin-T: 96 wide, depths (2, 2, 6, 2), window (8, 7, 7), 32x224^2
     # smoke test only: same structure, tiny widths and input
-    "tiny": VideoSwinConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), num_frames=8, image_size=112, num_classes=10),
+    "tiny": VideoSwinConfig(
+        embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), num_frames=8, image_size=112, num_classes=10
+    ),
 }
 R1S = {"T": (0, 192, 256, 320), "tiny": (0, 24, 32, 40)}
 
@@ -58,7 +60,9 @@ def eager_outputs(model: VideoSwin, x: torch.Tensor) -> list[torch.Tensor]:
 
 def bench(size: str, rounds: int, threads: int, workdir: Path, log) -> dict:
     cfg = SIZES[size]
-    x = torch.randn(1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1)
+    )
     feed = {"pixel_values": x.numpy()}
     models, sessions, flops, checks = {}, {}, {}, {}
     for r1 in R1S[size]:
@@ -75,8 +79,10 @@ def bench(size: str, rounds: int, threads: int, workdir: Path, log) -> dict:
         same = all(torch.equal(torch.from_numpy(o), r) for o, r in zip(ours[1:], ref[1:]))
         diff = (torch.from_numpy(ours[0]) - ref[0]).abs().max().item()
         checks[r1] = {"export_s": round(seconds, 1), "kept_positions_identical": same, "logits_max_abs_diff": diff}
-        log(f"Swin-{size} r1={r1}: {flops[r1]:.2f} GFLOPs, exported in {seconds:.0f}s, "
-            f"kept positions {'identical' if same else 'DIFFER'}, logits diff {diff:.2g}")
+        log(
+            f"Swin-{size} r1={r1}: {flops[r1]:.2f} GFLOPs, exported in {seconds:.0f}s, "
+            f"kept positions {'identical' if same else 'DIFFER'}, logits diff {diff:.2g}"
+        )
 
     log(f"Swin-{size}: ONNX Runtime, {rounds} rounds")
     ort_t = interleaved({r1: (lambda s=sessions[r1]: s.run(None, feed)) for r1 in R1S[size]}, rounds)
@@ -89,19 +95,23 @@ def bench(size: str, rounds: int, threads: int, workdir: Path, log) -> dict:
     torch_t = interleaved({r1: (lambda m=models[r1]: run_eager(m)) for r1 in R1S[size]}, rounds)
     rows = []
     for r1 in R1S[size]:
-        rows.append({
-            "r1": r1,
-            "gflops": round(flops[r1], 2),
-            "flop_ratio": round(flops[0] / flops[r1], 3),
-            "ort_ms": round(1000 * ort_t[r1], 1),
-            "ort_speedup": round(ort_t[0] / ort_t[r1], 3),
-            "torch_ms": round(1000 * torch_t[r1], 1),
-            "torch_speedup": round(torch_t[0] / torch_t[r1], 3),
-            **checks[r1],
-        })
+        rows.append(
+            {
+                "r1": r1,
+                "gflops": round(flops[r1], 2),
+                "flop_ratio": round(flops[0] / flops[r1], 3),
+                "ort_ms": round(1000 * ort_t[r1], 1),
+                "ort_speedup": round(ort_t[0] / ort_t[r1], 3),
+                "torch_ms": round(1000 * torch_t[r1], 1),
+                "torch_speedup": round(torch_t[0] / torch_t[r1], 3),
+                **checks[r1],
+            }
+        )
         row = rows[-1]
-        log(f"  r1={r1:3d}  ORT {row['ort_ms']:8.1f} ms ({row['ort_speedup']:.2f}x)  torch {row['torch_ms']:8.1f} ms "
-            f"({row['torch_speedup']:.2f}x)  FLOP ratio {row['flop_ratio']:.2f}x")
+        log(
+            f"  r1={r1:3d}  ORT {row['ort_ms']:8.1f} ms ({row['ort_speedup']:.2f}x)  torch {row['torch_ms']:8.1f} ms "
+            f"({row['torch_speedup']:.2f}x)  FLOP ratio {row['flop_ratio']:.2f}x"
+        )
     return {"size": size, "threads": threads, "rounds": rounds, "batch": 1, "rows": rows}
 
 

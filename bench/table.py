@@ -58,9 +58,17 @@ def hf_config(arch: str):
 
     c = VIT_SIZES["T" if arch == "tiny" else arch]
     return VideoMAEConfig(
-        hidden_size=c.embed_dim, num_hidden_layers=c.depth, num_attention_heads=c.num_heads, intermediate_size=c.mlp_dim,
-        num_labels=c.num_classes, image_size=c.image_size, patch_size=c.patch_size, num_frames=c.num_frames,
-        tubelet_size=c.tubelet_size, use_mean_pooling=True, attn_implementation="sdpa",
+        hidden_size=c.embed_dim,
+        num_hidden_layers=c.depth,
+        num_attention_heads=c.num_heads,
+        intermediate_size=c.mlp_dim,
+        num_labels=c.num_classes,
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        num_frames=c.num_frames,
+        tubelet_size=c.tubelet_size,
+        use_mean_pooling=True,
+        attn_implementation="sdpa",
     )
 
 
@@ -133,8 +141,11 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
     want = lambda p: only is None or only == p  # noqa: E731
     if only in ("ort_fp32", "ort_int8"):  # a process running ONNX Runtime holds no torch model
         x = clip(VideoSwinConfig() if arch == "T" else VIT_SIZES["T" if arch == "tiny" else arch], batch)
-        side = {(only, s): ort_runner(onnx_file(workdir, arch, s, only == "ort_int8"), x, threads) for s in ("unpruned", "pruned")
-                if onnx_file(workdir, arch, s, only == "ort_int8").exists()}
+        side = {
+            (only, s): ort_runner(onnx_file(workdir, arch, s, only == "ort_int8"), x, threads)
+            for s in ("unpruned", "pruned")
+            if onnx_file(workdir, arch, s, only == "ort_int8").exists()
+        }
         return side, {}
     model, hf = build(arch, with_hf=want("hf_eager"))
     x = clip(model.cfg, batch)
@@ -146,7 +157,9 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
     if only is None:
         with torch.inference_mode():
             model.set_sta(STAConfig())
-            facts["max_abs_logit_diff_vs_transformers"] = hf and float((hf(pixel_values=x.transpose(1, 2)).logits - model(x)).abs().max())
+            facts["max_abs_logit_diff_vs_transformers"] = hf and float(
+                (hf(pixel_values=x.transpose(1, 2)).logits - model(x)).abs().max()
+            )
         for side, cfg in (("unpruned", STAConfig()), ("pruned", sta)):
             export(model, cfg, workdir, arch, side, log)
     out = {}
@@ -170,7 +183,11 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
         facts["compile_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
         for side, cfg in (("unpruned", STAConfig()), ("pruned", sta)):
             out[("sta_compiled", side)] = torch_runner(compiled, cfg, x)
-    for path_name, side, int8 in (("ort_fp32", "unpruned", False), ("ort_fp32", "pruned", False), ("ort_int8", "pruned", True)):
+    for path_name, side, int8 in (
+        ("ort_fp32", "unpruned", False),
+        ("ort_fp32", "pruned", False),
+        ("ort_int8", "pruned", True),
+    ):
         if want(path_name):
             out[(path_name, side)] = ort_runner(onnx_file(workdir, arch, side, int8), x, threads)
     return out, facts
@@ -190,7 +207,19 @@ def interleaved(fns: dict, rounds: int) -> dict:
 
 def peak_rss(arch: str, batch: int, path: str, side: str, threads: int, workdir: Path) -> float | None:
     """Peak RSS (MB) of a fresh process that builds and runs only this path."""
-    cmd = [sys.executable, __file__, "--child", arch, str(batch), path, side, "--threads", str(threads), "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        arch,
+        str(batch),
+        path,
+        side,
+        "--threads",
+        str(threads),
+        "--workdir",
+        str(workdir),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         print(r.stderr[-2000:], file=sys.stderr)
@@ -222,18 +251,26 @@ def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, m
     log(f"{ARCHS[arch]} batch {batch}: timing {len(fns)} runs per round, {rounds} rounds")
     med = interleaved(fns, rounds)
     ratio = facts["gflops_unpruned"] / facts["gflops_pruned"]
-    row = {"arch": ARCHS[arch], "batch": batch, "r1": facts["r1"], "gflops_unpruned": round(facts["gflops_unpruned"], 2),
-           "gflops_pruned": round(facts["gflops_pruned"], 2), "flop_ratio": round(ratio, 3),
-           "compile_seconds": facts.get("compile_seconds"),
-           "max_abs_logit_diff_vs_transformers": facts.get("max_abs_logit_diff_vs_transformers"), "paths": {}}
+    row = {
+        "arch": ARCHS[arch],
+        "batch": batch,
+        "r1": facts["r1"],
+        "gflops_unpruned": round(facts["gflops_unpruned"], 2),
+        "gflops_pruned": round(facts["gflops_pruned"], 2),
+        "flop_ratio": round(ratio, 3),
+        "compile_seconds": facts.get("compile_seconds"),
+        "max_abs_logit_diff_vs_transformers": facts.get("max_abs_logit_diff_vs_transformers"),
+        "paths": {},
+    }
     for path in PATHS:
         u, p = med.get((path, "unpruned")), med.get((path, "pruned"))
         entry = {"unpruned_ms": u and round(1000 * u, 1), "pruned_ms": p and round(1000 * p, 1)}
         if u and p:
             entry.update(speedup=round(u / p, 3), share=round(u / p / ratio, 3))
         if memory:
-            entry["peak_rss_mb"] = {s: peak_rss(arch, batch, path, s, threads, workdir) for s in ("unpruned", "pruned")
-                                    if (path, s) in fns}
+            entry["peak_rss_mb"] = {
+                s: peak_rss(arch, batch, path, s, threads, workdir) for s in ("unpruned", "pruned") if (path, s) in fns
+            }
         row["paths"][path] = entry
     base = med.get(("hf_eager", "unpruned"))
     if base:  # everything against what users run today
@@ -244,8 +281,12 @@ def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, m
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", nargs="+", default=["S1", "S8", "B1", "B8", "T1"],
-                   help="ARCH+BATCH: S, B (ViT), T (Swin-T), tiny (smoke test); e.g. S1 B8")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=["S1", "S8", "B1", "B8", "T1"],
+        help="ARCH+BATCH: S, B (ViT), T (Swin-T), tiny (smoke test); e.g. S1 B8",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="Skip the peak-RSS subprocesses.")
@@ -261,13 +302,22 @@ def main() -> None:
     import onnxruntime
     import transformers
 
-    results = {"command": "python bench/table.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
-               "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
-               "cpu_count": os.cpu_count(), "threads": args.threads, "rounds": args.rounds, "rows": []}
+    results = {
+        "command": "python bench/table.py " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory(prefix="sta-table-") as tmp:
         for spec in args.rows:
-            arch, batch = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")):])
-            results["rows"].append(bench_row(arch, batch, args.rounds, args.threads, Path(tmp), not args.no_memory, log))
+            arch, batch = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")) :])
+            results["rows"].append(
+                bench_row(arch, batch, args.rounds, args.threads, Path(tmp), not args.no_memory, log)
+            )
             if args.json:  # partial results survive an interrupted run
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -31,10 +31,14 @@ OUT = ROOT / "tests" / "fixtures" / "swin"
 
 CASES = {
     # Windows tile the grid exactly; stage 3 equals the window (no shift); the last merge pads 3x3 -> 4x4.
-    "grid": dict(embed_dim=6, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=[2, 3, 3], input=[1, 3, 8, 48, 48]),
+    "grid": dict(
+        embed_dim=6, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=[2, 3, 3], input=[1, 3, 8, 48, 48]
+    ),
     # The real (8, 7, 7) window on a small odd-sized clip: patch-embed padding in time, window
     # padding, windows shrinking to the grid, merge padding, non-square frames.
-    "padded": dict(embed_dim=4, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=[8, 7, 7], input=[1, 3, 5, 40, 36]),
+    "padded": dict(
+        embed_dim=4, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=[8, 7, 7], input=[1, 3, 5, 40, 36]
+    ),
 }
 NUM_CLASSES = 10
 

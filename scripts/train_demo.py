@@ -36,8 +36,12 @@ from sta_cli.pruning import STAConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = dict(
-    depth=6, num_classes=len(LABELS),
-    image_size=SIZE, patch_size=8, num_frames=NUM_FRAMES, tubelet_size=2,
+    depth=6,
+    num_classes=len(LABELS),
+    image_size=SIZE,
+    patch_size=8,
+    num_frames=NUM_FRAMES,
+    tubelet_size=2,
 )
 PREPROCESSING = {
     "num_frames": NUM_FRAMES,
@@ -101,9 +105,11 @@ def train(args) -> VideoMAE:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             model.eval()
             val = accuracy(model, val_x, val_y, STAConfig())
-            log(f"step {step + 1:5d}  clutter {clutter:.2f}  loss {np.mean(losses[-args.eval_every:]):.3f}  "
-                f"train top-1 {np.mean(hits[-args.eval_every:]):.3f}  val top-1 {val:.3f}  "
-                f"lr {lr_at(step, args):.2e}  {time.perf_counter() - t0:.0f}s")
+            log(
+                f"step {step + 1:5d}  clutter {clutter:.2f}  loss {np.mean(losses[-args.eval_every :]):.3f}  "
+                f"train top-1 {np.mean(hits[-args.eval_every :]):.3f}  val top-1 {val:.3f}  "
+                f"lr {lr_at(step, args):.2e}  {time.perf_counter() - t0:.0f}s"
+            )
             if val >= args.target and clutter == 1.0:
                 log(f"validation top-1 {val:.3f} >= target {args.target}: stopping")
                 break
@@ -162,16 +168,26 @@ def save(model: VideoMAE, args, settings: dict, results: dict) -> None:
         log(f"sample clip: true {LABELS[label]!r}, predicted {LABELS[pred]!r}")
         if pred != label:
             raise SystemExit("the model misclassifies the sample clip; not writing the assets")
-        write_json(tmp / "sample.json", {
-            "file": "sample.mp4", "label": LABELS[label], "class_index": label, **SAMPLE,
-            "seed": clip_seed(SAMPLE["split"], SAMPLE["index"]), "fps": 8, "codec": "h264",
-        })
+        write_json(
+            tmp / "sample.json",
+            {
+                "file": "sample.mp4",
+                "label": LABELS[label],
+                "class_index": label,
+                **SAMPLE,
+                "seed": clip_seed(SAMPLE["split"], SAMPLE["index"]),
+                "fps": 8,
+                "codec": "h264",
+            },
+        )
         write_json(tmp / "training.json", {"settings": settings, "results": results})
     log(f"wrote {args.out}")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", default=str(ROOT / "sta_cli" / "assets" / "demo"))
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=2)
@@ -185,12 +201,16 @@ def main() -> None:
     p.add_argument("--curriculum", type=int, default=500, help="steps over which clutter ramps from 0 to 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is faster than 2 on a busy 2-core machine")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast for training")
+    p.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast for training"
+    )
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--val-clips", type=int, default=128)
     p.add_argument("--target", type=float, default=0.98, help="stop once validation top-1 reaches this")
     p.add_argument("--test-clips", type=int, default=512)
-    p.add_argument("--r1", type=int, default=21, help="STA r1 for the final measurement (a third of 64 tokens per frame)")
+    p.add_argument(
+        "--r1", type=int, default=21, help="STA r1 for the final measurement (a third of 64 tokens per frame)"
+    )
     p.add_argument("--random-seeds", type=int, default=5)
     p.add_argument("--no-save", action="store_true", help="train and measure only")
     p.add_argument("--evaluate", metavar="R1,R1,...", help="no training: measure the model in --out at these r1")

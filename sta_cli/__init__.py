@@ -1,9 +1,9 @@
 """sta: STA token pruning (Semantic-aware Temporal Accumulation, ICCV 2023) for video transformers.
 
-    import sta_cli
-    model = sta_cli.load("videomae-base", r1=64)   # alias, Hub id, folder, weights file or artifact
-    logits = model(clip)                           # clip: (B, 3, T, H, W), normalised
-    model.kept_positions                           # per stage: (B, tokens) original token indices
+import sta_cli
+model = sta_cli.load("videomae-base", r1=64)   # alias, Hub id, folder, weights file or artifact
+logits = model(clip)                           # clip: (B, 3, T, H, W), normalised
+model.kept_positions                           # per stage: (B, tokens) original token indices
 """
 
 __version__ = "0.1.0"

@@ -9,19 +9,17 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .log import Log, quiet
-from .errors import StaError, ValidationFailed
+from .errors import ValidationFailed
 from .flops import FLOPS_LABEL, gflops
 from .io import outputs
 from .io.artifact import ARTIFACT, write_manifest, write_model
-from .io.checkpoints import Source, resolve
+from .io.checkpoints import resolve
+from .log import Log, quiet
 from .models import build_from_source
 from .models.overrides import ArchOverrides
 from .pruning import STAConfig
 from .runtime.loading import default_output, from_source, paper_r1, sample_clip, sta_config, task_sta  # noqa: F401  (library API)
 from .runtime.predict import check_finite, compare, count_params, top_labels  # noqa: F401  (library API)
-
-
 
 
 def load(
@@ -119,9 +117,18 @@ def prune(
 
     report = {
         "sta_version": __version__,
-        "source": {"spec": str(spec), "name": source.name, "hub": source.hub, "files": [p.name for p in source.weights]},
-        "model": {"family": model.family, "params": count_params(model), "config": model.cfg.to_dict(),
-                  "provenance": model.provenance},
+        "source": {
+            "spec": str(spec),
+            "name": source.name,
+            "hub": source.hub,
+            "files": [p.name for p in source.weights],
+        },
+        "model": {
+            "family": model.family,
+            "params": count_params(model),
+            "config": model.cfg.to_dict(),
+            "provenance": model.provenance,
+        },
         "sta": sta.to_dict(),
         "tokens": {"unpruned": unpruned_tokens, "pruned": model.tokens_per_stage},
         "gflops": {
@@ -147,7 +154,9 @@ def prune(
         diff = (reloaded(x) - ref).abs().max().item()
         report["validation"]["reproduces_source"] = {"max_abs_diff": diff, "ok": diff <= 1e-5}
         if not diff <= 1e-5:  # NaN compares False: it fails too
-            raise ValidationFailed(f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})")
+            raise ValidationFailed(
+                f"the written artifact does not reproduce the source (max abs logit diff {diff:.3g})"
+            )
         outputs.write_json(tmp / "report.json", report)
         write_manifest(tmp, ARTIFACT, ["model.safetensors", "config.json", "sta.json", "report.json"])
     report["output"] = str(out)

@@ -24,8 +24,10 @@ def check_compilable(sta: STAConfig) -> None:
     """StaError when `sta` needs a seeded random draw, which torch.compile cannot trace."""
     if sta.first_group in ("random", "grid") or sta.score == "random":
         what = f"first_group={sta.first_group}" if sta.first_group != "tome" else f"score={sta.score}"
-        raise StaError(f"--compile: {what} draws a seeded random order, which torch.compile cannot trace; "
-                       "run this setting without --compile")
+        raise StaError(
+            f"--compile: {what} draws a seeded random order, which torch.compile cannot trace; "
+            "run this setting without --compile"
+        )
 
 
 def default_mode(device: torch.device) -> str | None:

@@ -27,9 +27,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -118,7 +118,9 @@ def _read_list(path: Path, root: Path | None) -> list[_Raw]:
                 continue
             if len(row) <= max(p_col, l_col):
                 raise StaError(f"{path} line {n}: expected {len(header)} columns, got {len(row)}")
-            raws.append(_Raw(row[p_col].strip(), base / row[p_col].strip(), row[l_col].strip(), f"{path.name} line {n}"))
+            raws.append(
+                _Raw(row[p_col].strip(), base / row[p_col].strip(), row[l_col].strip(), f"{path.name} line {n}")
+            )
     elif header and any(h in LABEL_COLUMNS for h in header):
         raise StaError(f"{path}: the CSV header has no path column (one of {', '.join(PATH_COLUMNS)})")
     else:
@@ -148,7 +150,9 @@ def read_entries(dataset: str | Path, root: str | Path | None = None) -> list[_R
     """Parse DATASET and check that every video exists (labels are checked against the model later)."""
     dataset = Path(dataset)
     if not dataset.exists():
-        raise StaError(f"no such dataset: {dataset} (expected a list file, a CSV or a folder with one subfolder per class)")
+        raise StaError(
+            f"no such dataset: {dataset} (expected a list file, a CSV or a folder with one subfolder per class)"
+        )
     root = Path(root) if root is not None else None
     raws = _read_folder(dataset) if dataset.is_dir() else _read_list(dataset, root)
     if not raws:
@@ -253,7 +257,7 @@ class Dist:
     owned: bool = False  # we initialised the process group, so we tear it down
 
     @classmethod
-    def from_env(cls, device: str | None = None) -> "Dist":
+    def from_env(cls, device: str | None = None) -> Dist:
         import torch.distributed as dist
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -341,8 +345,15 @@ class Progress:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    names = {"dataset": "dataset", "model": "model", "settings": "r1 / STA settings", "views": "views",
-             "precision": "precision", "preprocessing": "preprocessing", "format": "format"}
+    names = {
+        "dataset": "dataset",
+        "model": "model",
+        "settings": "r1 / STA settings",
+        "views": "views",
+        "precision": "precision",
+        "preprocessing": "preprocessing",
+        "format": "format",
+    }
     return [names.get(k, k) for k in names if old.get(k) != new.get(k)]
 
 
@@ -419,8 +430,9 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @torch.no_grad()
-def infer_chunk(model: nn.Module, items, configs: list[STAConfig], batch: int, device, timing: dict,
-                precision: str = "fp32") -> list[dict]:
+def infer_chunk(
+    model: nn.Module, items, configs: list[STAConfig], batch: int, device, timing: dict, precision: str = "fp32"
+) -> list[dict]:
     """Predictions for one decoded chunk: per video and setting, the top-5 of the mean softmax over its views."""
     ok = [(i, v) for i, v, _, _ in items if v is not None]
     records = {i: {"index": i, "error": e} for i, v, e, _ in items if v is None}
@@ -470,13 +482,15 @@ def summarise(records: dict[int, dict], settings: list[dict], ref_key: str) -> d
         top5 = sum(r["label"] in r["predictions"][key]["top5"] for r in good)
         agree = sum(r["predictions"][key]["top5"][0] == r["predictions"][ref_key]["top5"][0] for r in good)
         n = len(good)
-        rows.append({
-            **s,
-            "top1": top1 / n if n else None,
-            "top5": top5 / n if n else None,
-            "agreement_with_unpruned": agree / n if n else None,
-            "counts": {"videos": n, "top1_correct": top1, "top5_correct": top5, "agree": agree},
-        })
+        rows.append(
+            {
+                **s,
+                "top1": top1 / n if n else None,
+                "top5": top5 / n if n else None,
+                "agreement_with_unpruned": agree / n if n else None,
+                "counts": {"videos": n, "top1_correct": top1, "top5_correct": top5, "agree": agree},
+            }
+        )
     return {"settings": rows}
 
 
@@ -485,7 +499,9 @@ def summarise(records: dict[int, dict], settings: list[dict], ref_key: str) -> d
 
 def _model_identity(source, model) -> dict:
     return {
-        "spec": source.hub["repo_id"] if source.hub else (source.alias.name if source.alias else str(Path(source.spec).resolve())),
+        "spec": source.hub["repo_id"]
+        if source.hub
+        else (source.alias.name if source.alias else str(Path(source.spec).resolve())),
         "revision": source.hub["revision"] if source.hub else None,
         "name": source.name,
         "weights": [[p.name, p.stat().st_size] for p in source.weights],
@@ -562,13 +578,22 @@ def evaluate(
         settings = []
         for cfg in configs:
             net.set_sta(cfg)
-            settings.append({
-                "key": setting_key(cfg.r1), "r1": cfg.r1, "sta": cfg.to_dict(), "tokens": list(getattr(net, "tokens_per_stage", [])),
-                "gflops_per_clip": round(gflops(net), 4),
-            })
+            settings.append(
+                {
+                    "key": setting_key(cfg.r1),
+                    "r1": cfg.r1,
+                    "sta": cfg.to_dict(),
+                    "tokens": list(getattr(net, "tokens_per_stage", [])),
+                    "gflops_per_clip": round(gflops(net), 4),
+                }
+            )
         run = {
             "format": RUN_FORMAT,
-            "dataset": {"path": str(Path(dataset).resolve()), "videos": len(entries), "sha256": dataset_digest(entries)},
+            "dataset": {
+                "path": str(Path(dataset).resolve()),
+                "videos": len(entries),
+                "sha256": dataset_digest(entries),
+            },
             "model": _model_identity(source, net),
             "settings": [{k: s[k] for k in ("key", "sta")} for s in settings],
             "views": [n_t, n_s],
@@ -618,7 +643,12 @@ def evaluate(
                     if i in done:
                         continue  # a partly finished chunk was recomputed: keep the earlier lines
                     e = entries[i]
-                    line = {"index": i, "path": e.name, "label": e.label, **{k: v for k, v in rec.items() if k != "index"}}
+                    line = {
+                        "index": i,
+                        "path": e.name,
+                        "label": e.label,
+                        **{k: v for k, v in rec.items() if k != "index"},
+                    }
                     writer.write(outputs.dumps(line, indent=None) + "\n")
                     writer.flush()
                     done.add(i)
@@ -639,8 +669,20 @@ def evaluate(
 
         summary = None
         if dist_ctx.main:
-            summary = _finish(out_dir, entries, keys, settings, rates, run, net, (n_t, n_s), dist_ctx.world, wall,
-                              len(done) - already, failed_now)
+            summary = _finish(
+                out_dir,
+                entries,
+                keys,
+                settings,
+                rates,
+                run,
+                net,
+                (n_t, n_s),
+                dist_ctx.world,
+                wall,
+                len(done) - already,
+                failed_now,
+            )
         return dist_ctx.broadcast(summary)
     finally:
         held.close()
@@ -650,7 +692,6 @@ def evaluate(
 def _compiled(net: nn.Module, configs: list[STAConfig], batch: int, device) -> nn.Module:
     """`net` compiled, with a graph for every setting at the full batch size built before timing starts."""
     from .compiled import compile_model, warm_up
-
     from .flops import input_shape_of
 
     x = torch.zeros(input_shape_of(net, batch), device=device)
@@ -701,7 +742,9 @@ def _merge_timing(out_dir: Path, rates: list[dict]) -> dict:
 def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wall, new_videos, failed_now) -> dict:
     """Rank 0: sort predictions.jsonl by video, write summary.json."""
     records = read_predictions(out_dir, entries, keys)
-    outputs.write_text(out_dir / PREDICTIONS_FILE, "".join(outputs.dumps(records[i], indent=None) + "\n" for i in sorted(records)))
+    outputs.write_text(
+        out_dir / PREDICTIONS_FILE, "".join(outputs.dumps(records[i], indent=None) + "\n" for i in sorted(records))
+    )
     timing = _merge_timing(out_dir, rates)
     summary = summarise(records, settings, keys[0])
     per_video = views[0] * views[1]
@@ -710,7 +753,11 @@ def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wal
         row["gflops_per_video"] = round(row["gflops_per_clip"] * per_video, 4)
         row["clips_per_s"] = round(t["clips"] / t["seconds"], 3) if t and t["seconds"] > 0 else None
         row["timed_clips"] = t["clips"] if t else 0
-    failed = [{"index": i, "path": records[i]["path"], "error": records[i]["error"]} for i in sorted(records) if "error" in records[i]]
+    failed = [
+        {"index": i, "path": records[i]["path"], "error": records[i]["error"]}
+        for i in sorted(records)
+        if "error" in records[i]
+    ]
     return_value = {
         "sta_version": __version__,
         "dataset": run["dataset"],
@@ -722,9 +769,13 @@ def _finish(out_dir, entries, keys, settings, rates, run, net, views, world, wal
         "videos": {"total": len(entries), "evaluated": len(records) - len(failed), "failed": len(failed)},
         "failed": failed,
         **summary,
-        "this_run": {"world_size": world, "videos": new_videos, "wall_seconds": round(wall, 3),
-                     "videos_per_s": round(new_videos / wall, 3) if new_videos and wall > 0 else None,
-                     "new_failures": failed_now},
+        "this_run": {
+            "world_size": world,
+            "videos": new_videos,
+            "wall_seconds": round(wall, 3),
+            "videos_per_s": round(new_videos / wall, 3) if new_videos and wall > 0 else None,
+            "new_failures": failed_now,
+        },
         "output": str(out_dir),
     }
     outputs.write_text(out_dir / SUMMARY_FILE, outputs.dumps(return_value) + "\n")

@@ -16,31 +16,30 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from . import __version__
-from .runtime.loading import sta_config, task_sta
-from .runtime.predict import check_finite, compare, count_params, top_labels
-from .log import Log, quiet
 from .errors import StaError
 from .flops import FLOPS_LABEL, gflops
-from .runtime import ort
 from .io import outputs
 from .io.artifact import MANIFEST, manifest, sta_kind, verify, write_manifest
 from .io.checkpoints import resolve
 from .io.video import VIDEO_SUFFIXES, VideoWarning, denormalise, parse_views, read_clip, synthetic_clip
+from .log import Log, quiet
 from .models import build_from_source
 from .models.registry import ALIASES
 from .pruning import STAConfig
+from .runtime import ort
+from .runtime.loading import sta_config, task_sta
+from .runtime.predict import check_finite, compare, count_params, top_labels
 
 RANDOM_SEEDS = (0, 1, 2)  # random-pruning baseline: mean over these seeds
 WARMUP = 2  # untimed calls before timing (first-call allocations, thread pools, caches)
-
 
 
 # --- defaults ------------------------------------------------------------------------------------
@@ -108,7 +107,9 @@ def scoring_timer(model: nn.Module, device: torch.device):
 
         return wrapper
 
-    patched = [(module, n, getattr(module, n)) for n in ("similarity_feature", "stage_keep_indices") if hasattr(module, n)]
+    patched = [
+        (module, n, getattr(module, n)) for n in ("similarity_feature", "stage_keep_indices") if hasattr(module, n)
+    ]
     if not patched:
         raise RuntimeError(f"{module.__name__} has no STA scoring function to time")
     for owner, name, fn in patched:
@@ -125,7 +126,9 @@ def scoring_timer(model: nn.Module, device: torch.device):
             del model._similarity
 
 
-def time_runs(fn: Callable[[], object], device: torch.device, runs: int | None, warmup: int = WARMUP, budget: float = 4.0) -> list[float]:
+def time_runs(
+    fn: Callable[[], object], device: torch.device, runs: int | None, warmup: int = WARMUP, budget: float = 4.0
+) -> list[float]:
     """Seconds per call after `warmup` calls; `runs` calls, or as many as fit `budget` (3..20)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -154,8 +157,14 @@ def timing_summary(times: list[float], batch: int) -> dict:
 
 
 @torch.inference_mode()
-def time_torch(model: nn.Module, configs: dict[str, STAConfig], x: torch.Tensor, runs: int | None,
-               budget: float = 4.0, scoring: bool = True) -> dict[str, dict]:
+def time_torch(
+    model: nn.Module,
+    configs: dict[str, STAConfig],
+    x: torch.Tensor,
+    runs: int | None,
+    budget: float = 4.0,
+    scoring: bool = True,
+) -> dict[str, dict]:
     """Median latency of model(x) under each STA setting in `configs`, and the share of each run
     spent in STA's scoring (see scoring_timer; scoring=False for a compiled model, whose scoring
     is fused into its graph).
@@ -219,8 +228,9 @@ def onnx_input(session, x: torch.Tensor, batch: int) -> tuple[str, np.ndarray, l
 
 
 @torch.inference_mode()
-def time_onnx(session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None,
-              say: Log) -> dict:
+def time_onnx(
+    session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None, say: Log
+) -> dict:
     """Time an ONNX file with ONNX Runtime and tell which model it holds: its logits are compared
     with the unpruned and the pruned torch model's on the same input."""
     name, feed, notes = onnx_input(session, x, batch)
@@ -235,15 +245,24 @@ def time_onnx(session, path: Path, model: nn.Module, sta: STAConfig, x: torch.Te
     best = min(diffs, key=diffs.get)
     matches = best if diffs[best] < 1e-3 else None
     if matches is None:
-        say(f"{path.name} matches neither model here (max abs logit diff {diffs[best]:.3g}): exported with other settings?")
-    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
-    return {"file": str(path), "matches": matches, "max_abs_diff": {k: round(v, 7) for k, v in diffs.items()},
-            "timing": timing}
+        say(
+            f"{path.name} matches neither model here (max abs logit diff {diffs[best]:.3g}): exported with other settings?"
+        )
+    timing = timing_summary(
+        time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0]
+    )
+    return {
+        "file": str(path),
+        "matches": matches,
+        "max_abs_diff": {k: round(v, 7) for k, v in diffs.items()},
+        "timing": timing,
+    }
 
 
 @torch.inference_mode()
-def time_int8(path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None,
-              threads: int | None) -> dict:
+def time_int8(
+    path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None, threads: int | None
+) -> dict:
     """Time the int8 graph `sta export --quantize int8` wrote beside model.onnx; its logits' cosine
     with the float32 pruned torch model says how close the quantised model stays."""
     session = onnx_session(path, threads)
@@ -251,19 +270,31 @@ def time_int8(path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, bat
     out = torch.from_numpy(session.run(None, {name: feed})[0]).float()
     model.set_sta(sta)
     ref = model(torch.from_numpy(feed).to(x.device)).float().cpu()
-    cosine = torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() if out.shape == ref.shape else float("nan")
-    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
+    cosine = (
+        torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() if out.shape == ref.shape else float("nan")
+    )
+    timing = timing_summary(
+        time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0]
+    )
     return {"file": str(path), "logit_cosine_vs_pruned": round(cosine, 6), "timing": timing}
 
 
-def time_unpruned_onnx(model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None,
-                       threads: int | None, say: Log) -> dict | None:
+def time_unpruned_onnx(
+    model: nn.Module, pruned_path: Path, x: torch.Tensor, batch: int, runs: int | None, threads: int | None, say: Log
+) -> dict | None:
     """Time `model` unpruned in ONNX Runtime (same opset as the pruned graph). Its export is kept beside
     the artifact, keyed by the weights' checksum, and reused by the next profile."""
     try:
         import onnx
 
-        opset = next((o.version for o in onnx.load(str(pruned_path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 18)
+        opset = next(
+            (
+                o.version
+                for o in onnx.load(str(pruned_path), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx")
+            ),
+            18,
+        )
     except ImportError as e:
         say(f"cannot export the unpruned model for ONNX Runtime ({e}); its column stays empty")
         return None
@@ -318,10 +349,14 @@ def _export_unpruned(model: nn.Module, opset: int, cached: Path | None) -> Path:
     return cached
 
 
-def _time_unpruned(path: Path, x: torch.Tensor, batch: int, runs: int | None, threads: int | None, reused: bool) -> dict:
+def _time_unpruned(
+    path: Path, x: torch.Tensor, batch: int, runs: int | None, threads: int | None, reused: bool
+) -> dict:
     session = onnx_session(path, threads)
     name, feed, _ = onnx_input(session, x, batch)
-    timing = timing_summary(time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0])
+    timing = timing_summary(
+        time_runs(lambda: session.run(None, {name: feed}), torch.device("cpu"), runs), feed.shape[0]
+    )
     timing["exported_for_comparison"] = True
     timing["export_reused"] = reused
     return timing
@@ -330,8 +365,9 @@ def _time_unpruned(path: Path, x: torch.Tensor, batch: int, runs: int | None, th
 # --- the profile ---------------------------------------------------------------------------------
 
 
-def _time_compiled(net: nn.Module, configs: dict[str, STAConfig], xb: torch.Tensor, runs: int | None, side: dict,
-                   log: Log) -> dict:
+def _time_compiled(
+    net: nn.Module, configs: dict[str, STAConfig], xb: torch.Tensor, runs: int | None, side: dict, log: Log
+) -> dict:
     """side[name]["torch_compiled"]: latency of `net` compiled (torch.compile, fullgraph) per setting, and the
     seconds its first call took (compilation). Timed after eager, interleaved across the settings like eager."""
     from .compiled import compile_model, warm_up
@@ -351,8 +387,16 @@ def _batched(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sweep(model: nn.Module, sta: STAConfig, values: list[int], x: torch.Tensor, ref: torch.Tensor, batch: int,
-          runs: int | None, log: Log = quiet) -> list[dict]:
+def sweep(
+    model: nn.Module,
+    sta: STAConfig,
+    values: list[int],
+    x: torch.Tensor,
+    ref: torch.Tensor,
+    batch: int,
+    runs: int | None,
+    log: Log = quiet,
+) -> list[dict]:
     """Per r1: agreement with the unpruned logits `ref` over the clip's views for STA and for random
     pruning (mean over RANDOM_SEEDS), GFLOPs and torch-eager throughput."""
     rows = []
@@ -414,14 +458,52 @@ def profile(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision,
-                        token, log, note, sta_options, arch=arch, compile=compile)
+        return _profile(
+            clip,
+            model,
+            r1,
+            onnx,
+            batch,
+            views,
+            vis,
+            sweep_r1,
+            sweep_png,
+            runs,
+            threads,
+            device,
+            revision,
+            token,
+            log,
+            note,
+            sta_options,
+            arch=arch,
+            compile=compile,
+        )
     finally:
         torch.set_num_threads(before)
 
 
-def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs, threads, device, revision, token, log,
-             note, sta_options, arch=None, compile=False) -> dict:
+def _profile(
+    clip,
+    model,
+    r1,
+    onnx,
+    batch,
+    views,
+    vis,
+    sweep_r1,
+    sweep_png,
+    runs,
+    threads,
+    device,
+    revision,
+    token,
+    log,
+    note,
+    sta_options,
+    arch=None,
+    compile=False,
+) -> dict:
     note = note or log
     notes: list[str] = []
 
@@ -451,7 +533,11 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
 
     if vis is not None:
         check_target(Path(vis))
-    sweep_png = Path(sweep_png) if sweep_png else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
+    sweep_png = (
+        Path(sweep_png)
+        if sweep_png
+        else (Path(vis).with_name(Path(vis).stem + "-sweep.png") if vis else Path("sweep.png"))
+    )
     if sweep_values:
         check_target(sweep_png)
 
@@ -461,8 +547,11 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     sta = task_sta(base, net, r1, **sta_options)
     if r1 is None:
-        say(f"r1={sta.r1}: the artifact's own setting" if base is not None else
-            f"r1={sta.r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)")
+        say(
+            f"r1={sta.r1}: the artifact's own setting"
+            if base is not None
+            else f"r1={sta.r1} (the paper's 64 of 196 tokens per frame, scaled to this model; choose with --r1)"
+        )
     net.set_sta(sta)  # validates r1 (and any sweep value, below) before the heavy work
     if compile:
         from .compiled import check_compilable
@@ -503,7 +592,9 @@ def _profile(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         x = synthetic_clip(pre)
         clip_info = {"path": None, "synthetic": True}
     clip_info.update(
-        views=f"{n_views[0]}x{n_views[1]}", num_frames=pre["num_frames"], frame_stride=pre["frame_stride"],
+        views=f"{n_views[0]}x{n_views[1]}",
+        num_frames=pre["num_frames"],
+        frame_stride=pre["frame_stride"],
         crop_size=pre["crop_size"],
     )
     x = x.to(dev)

@@ -5,13 +5,12 @@ Both are written by `io.outputs` (atomically; an existing file is replaced only 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .io import outputs
-
 
 SOFTWARE = "sta"  # PNG "Software" text chunk: how sta recognises its own pictures
 
@@ -67,7 +66,9 @@ def kept_tokens_image(
     T, H, W, _ = frames.shape
     scale = cell / max(H, W)
     fw, fh = max(1, round(W * scale)), max(1, round(H * scale))
-    rows = [frames] + [np.where(kept_mask(k, g, T, (H, W))[..., None], frames, 255).astype(np.uint8) for k, g in zip(kept, grids)]
+    rows = [frames] + [
+        np.where(kept_mask(k, g, T, (H, W))[..., None], frames, 255).astype(np.uint8) for k, g in zip(kept, grids)
+    ]
     font = ImageFont.load_default(size=12)
     label_w = 12 + max(int(font.getlength(s)) for s in labels)
     gap = 2
@@ -77,7 +78,9 @@ def kept_tokens_image(
         y = gap + r * (fh + gap)
         draw.text((6, y + fh // 2), labels[r], fill=(0, 0, 0), font=font, anchor="lm")
         for f in range(T):
-            tile = Image.fromarray(row[f]).resize((fw, fh), Image.Resampling.NEAREST if fw >= W else Image.Resampling.BILINEAR)
+            tile = Image.fromarray(row[f]).resize(
+                (fw, fh), Image.Resampling.NEAREST if fw >= W else Image.Resampling.BILINEAR
+            )
             canvas.paste(tile, (label_w + f * (fw + gap), y))
     return canvas
 
@@ -112,7 +115,14 @@ def save_sweep_plot(path: Path, rows: list[dict], title: str) -> Path:
     ax2.set(xlabel="r1", ylabel="throughput (clips/s, torch eager)")
     ax2.grid(alpha=0.3)
     for a, r in zip(r1, rows):
-        ax2.annotate(f"{r['gflops']:.3g} GF", (a, r["throughput"]), fontsize=7, textcoords="offset points", xytext=(0, 6), ha="center")
+        ax2.annotate(
+            f"{r['gflops']:.3g} GF",
+            (a, r["throughput"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+        )
     fig.suptitle(title, fontsize=10)
     try:
         return write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": SOFTWARE}))

@@ -29,8 +29,13 @@ from sta_cli.models import videomae, videoswin
 from sta_cli.models.registry import ALIASES, kinetics400_labels, ssv2_labels
 
 FIXTURES = Path(__file__).parent / "fixtures" / "swin"
-TINY_ARCH = dict(num_heads=TINY_HF["num_attention_heads"], image_size=TINY_HF["image_size"], num_frames=TINY_HF["num_frames"],
-                 mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+TINY_ARCH = dict(
+    num_heads=TINY_HF["num_attention_heads"],
+    image_size=TINY_HF["image_size"],
+    num_frames=TINY_HF["num_frames"],
+    mean="0.485,0.456,0.406",
+    std="0.229,0.224,0.225",
+)
 SWIN_ARCH = dict(image_size=48, num_frames=8, mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
 
 
@@ -48,8 +53,9 @@ def run_cli(*args, env=None, timeout=120):
     """The CLI in a subprocess when the environment matters (Hugging Face settings are read at import),
     else in-process. Either way: .returncode, .stdout, .stderr."""
     if env is not None:
-        return subprocess.run([sys.executable, "-m", "sta_cli", *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "sta_cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+        )
     from typer.testing import CliRunner
 
     from sta_cli.cli import app
@@ -65,8 +71,15 @@ def error_lines(r) -> list[str]:
 
 # --- VideoMAE: head count of the converted ViT-S (issue 11, item 1) --------------------------------
 
-SMALL = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=16, intermediate_size=1536,
-             image_size=32, num_frames=8, num_labels=3)
+SMALL = dict(
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    intermediate_size=1536,
+    image_size=32,
+    num_frames=8,
+    num_labels=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +125,21 @@ def test_head_note_is_one_log_line_not_a_warning(tmp_path, small16):
     _, folder = small16
     files = {n: folder / n for n in ("config.json", "model.safetensors")}
     populate_hf_cache(tmp_path / "hub", "MCG-NJU/videomae-small-finetuned-kinetics", files)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "home"),
+    }
     r = run_cli("prune", "--model", "videomae-small", "--r1", "1", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "note:" in line]
     assert len(notes) == 1 and "heads 6 (known checkpoint" in notes[0], r.stderr
     assert "Warning" not in r.stderr and ".py:" not in r.stderr
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model"]["num_heads"] == 6 and config["provenance"]["values"]["num_heads"]["from"] == "known checkpoint"
+    assert (
+        config["model"]["num_heads"] == 6 and config["provenance"]["values"]["num_heads"]["from"] == "known checkpoint"
+    )
 
 
 # --- original save formats (item 2) ----------------------------------------------------------------
@@ -127,18 +147,48 @@ def test_head_note_is_one_log_line_not_a_warning(tmp_path, small16):
 
 def _save_model_format(sd) -> dict:
     """What VideoMAE's (and VideoMAE V2's) utils.save_model writes without DeepSpeed."""
-    args = argparse.Namespace(model="vit_small_patch16_224", batch_size=8, lr=1e-3, nb_classes=5, data_path="/data/k400",
-                              layer_decay=0.75, dist_eval=True, drop_path=0.1, auto_resume=True, input_size=224)
-    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
-    return {"model": sd, "optimizer": optimizer, "epoch": 29, "scaler": {"scale": 65536.0, "growth_factor": 2.0}, "args": args}
+    args = argparse.Namespace(
+        model="vit_small_patch16_224",
+        batch_size=8,
+        lr=1e-3,
+        nb_classes=5,
+        data_path="/data/k400",
+        layer_decay=0.75,
+        dist_eval=True,
+        drop_path=0.1,
+        auto_resume=True,
+        input_size=224,
+    )
+    optimizer = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+        "param_groups": [{"lr": 1e-3, "params": [0]}],
+    }
+    return {
+        "model": sd,
+        "optimizer": optimizer,
+        "epoch": 29,
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0},
+        "args": args,
+    }
 
 
 def _deepspeed_format(sd) -> dict:
     """mp_rank_00_model_states.pt of a DeepSpeed run (VideoMAE's --enable_deepspeed)."""
     shapes = [OrderedDict((k, v.shape) for k, v in sd.items())]
-    return {"module": sd, "buffer_names": [], "optimizer": None, "param_shapes": shapes, "lr_scheduler": None,
-            "global_steps": 1200, "global_samples": 9600, "dp_world_size": 8, "mp_world_size": 1,
-            "ds_config": {"train_batch_size": 64, "fp16": {"enabled": True}}, "ds_version": "0.9.5", "epoch": 29}
+    return {
+        "module": sd,
+        "buffer_names": [],
+        "optimizer": None,
+        "param_shapes": shapes,
+        "lr_scheduler": None,
+        "global_steps": 1200,
+        "global_samples": 9600,
+        "dp_world_size": 8,
+        "mp_world_size": 1,
+        "ds_config": {"train_batch_size": 64, "fp16": {"enabled": True}},
+        "ds_version": "0.9.5",
+        "epoch": 29,
+    }
 
 
 @pytest.mark.parametrize("fmt", ["save_model", "deepspeed", "plain"])
@@ -166,16 +216,19 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(os.urandom(4096).replace(b"PK", b"xx").lstrip(b"\x80") or b"x")
     r = run_cli("prune", "--model", path, "--r1", "1", "-o", tmp_path / "out")
-    assert r.returncode == 1 and error_lines(r) == [f"sta: error: {path} is not a checkpoint: neither a PyTorch file "
-                                                    "(zip archive or pickle) nor safetensors"], r.stderr
+    assert r.returncode == 1 and error_lines(r) == [
+        f"sta: error: {path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors"
+    ], r.stderr
     assert not (tmp_path / "out").exists()
 
 
 # --- labels (item 3) -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("classes,first,last", [(400, "abseiling", "zumba"),
-                                                 (174, "Approaching something with your camera", "Wiping something off of something")])
+@pytest.mark.parametrize(
+    "classes,first,last",
+    [(400, "abseiling", "zumba"), (174, "Approaching something with your camera", "Wiping something off of something")],
+)
 def test_head_size_names_the_dataset(tmp_path, classes, first, last):
     hf = tiny_hf_model(seed=1, num_labels=classes)
     torch.save({"model": to_original_layout(hf.state_dict())}, tmp_path / "ft.pth")
@@ -209,7 +262,10 @@ def to_mmaction2_vit(orig: dict[str, torch.Tensor], tokens: int, embed: int) -> 
 def test_mmaction2_vit_layout(tmp_path, hf_model, clip):
     n_tokens = (TINY_HF["num_frames"] // 2) * (TINY_HF["image_size"] // 16) ** 2
     ckpt = to_mmaction2_vit(to_original_layout(hf_model.state_dict()), n_tokens, TINY_HF["hidden_size"])
-    assert "backbone.blocks.0.mlp.layers.0.0.weight" in ckpt["state_dict"] and "backbone.patch_embed.projection.weight" in ckpt["state_dict"]
+    assert (
+        "backbone.blocks.0.mlp.layers.0.0.weight" in ckpt["state_dict"]
+        and "backbone.patch_embed.projection.weight" in ckpt["state_dict"]
+    )
     torch.save(ckpt, tmp_path / "vit.pth")
     model = sta_cli.load(tmp_path / "vit.pth", **TINY_ARCH)
     assert model.family == "videomae"
@@ -226,7 +282,11 @@ def to_mmaction2_swin(tv: dict[str, torch.Tensor]) -> dict:
         if parts[0] == "features":
             f = int(parts[1])
             rest = ".".join(parts[3:]).replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
-            k = f"backbone.layers.{f // 2}.blocks.{parts[2]}.{rest}" if f % 2 == 0 else f"backbone.layers.{f // 2}.downsample.{'.'.join(parts[2:])}"
+            k = (
+                f"backbone.layers.{f // 2}.blocks.{parts[2]}.{rest}"
+                if f % 2 == 0
+                else f"backbone.layers.{f // 2}.downsample.{'.'.join(parts[2:])}"
+            )
         elif parts[0] == "head":
             k = "cls_head.fc_cls." + parts[1]
         elif parts[0] == "norm":
@@ -278,12 +338,26 @@ def test_released_swin_without_config_assumes_its_protocol():
 def test_unpruned_swin_exports_and_validates(tmp_path):
     from sta_cli.export import export
 
-    cfg = videoswin.VideoSwinConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4),
-                                    num_frames=4, image_size=64, num_classes=5)
+    cfg = videoswin.VideoSwinConfig(
+        embed_dim=8,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=(2, 4, 4),
+        num_frames=4,
+        image_size=64,
+        num_classes=5,
+    )
     torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in videoswin.VideoSwin(cfg).state_dict().items()}, tmp_path / "swin.safetensors")
-    report = export(tmp_path / "swin.safetensors", "onnx", tmp_path / "onnx", r1=0,
-                    arch=sta_cli.models.ArchOverrides(image_size=64, num_frames=4, mean=(0.5,) * 3, std=(0.5,) * 3))
+    save_file(
+        {k: v.contiguous() for k, v in videoswin.VideoSwin(cfg).state_dict().items()}, tmp_path / "swin.safetensors"
+    )
+    report = export(
+        tmp_path / "swin.safetensors",
+        "onnx",
+        tmp_path / "onnx",
+        r1=0,
+        arch=sta_cli.models.ArchOverrides(image_size=64, num_frames=4, mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
     checks = report["validation"]["checks"]
     assert all(c["ok"] for c in checks), [c["message"] for c in checks if not c["ok"]]
     assert report["validation"]["max_abs_diff"] < 1e-4 and list(report["graph"]["outputs"]) == ["logits"]
@@ -300,7 +374,10 @@ def test_videomae_v2_layout_with_layer_scale(tmp_path, clip):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for i, layer in enumerate(hf.videomae.encoder.layer):
-            g1, g2 = torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5, torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5
+            g1, g2 = (
+                torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5,
+                torch.rand(TINY_HF["hidden_size"], generator=gen) + 0.5,
+            )
             sd[f"blocks.{i}.gamma_1"], sd[f"blocks.{i}.gamma_2"] = g1, g2
             for lin, g in ((layer.attention.output.dense, g1), (layer.output.dense, g2)):
                 lin.weight.mul_(g[:, None])
@@ -326,8 +403,18 @@ def test_videomae_v2_patch14(tmp_path):
 
 
 def test_vit_g_is_a_released_size_and_its_flops():
-    shapes = dict(embed_dim=1408, depth=40, mlp_dim=6144, num_classes=400, patch_size=14, tubelet_size=2, in_chans=3,
-                  qkv_bias=True, use_mean_pooling=True, layer_scale=False)
+    shapes = dict(
+        embed_dim=1408,
+        depth=40,
+        mlp_dim=6144,
+        num_classes=400,
+        patch_size=14,
+        tubelet_size=2,
+        in_chans=3,
+        qkv_bias=True,
+        use_mean_pooling=True,
+        layer_scale=False,
+    )
     assert videomae.released(shapes) == ("VideoMAE V2 ViT-g", 16)
     from sta_cli.flops import gflops
     from sta_cli.pruning import STAConfig
@@ -363,8 +450,18 @@ def test_weights_alone_need_what_they_cannot_tell(tmp_path):
     assert "num_heads, image_size, num_frames, mean, std" in r.stderr and "--num-heads" in r.stderr
     demo = json.loads((DEMO_DIR / "config.json").read_text())
     pre = demo["preprocessing"]
-    arch = ["--num-heads", demo["model"]["num_heads"], "--image-size", demo["model"]["image_size"],
-            "--num-frames", demo["model"]["num_frames"], "--mean", ",".join(map(str, pre["mean"])), "--std", ",".join(map(str, pre["std"]))]
+    arch = [
+        "--num-heads",
+        demo["model"]["num_heads"],
+        "--image-size",
+        demo["model"]["image_size"],
+        "--num-frames",
+        demo["model"]["num_frames"],
+        "--mean",
+        ",".join(map(str, pre["mean"])),
+        "--std",
+        ",".join(map(str, pre["std"])),
+    ]
     r = run_cli("prune", "--model", tmp_path, "--r1", "4", "-o", tmp_path / "out", *arch)
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "note:" in line]
@@ -375,12 +472,15 @@ def test_weights_alone_need_what_they_cannot_tell(tmp_path):
     assert max_diff(sta_cli.load(tmp_path / "out", r1=0), x, sta_cli.load("demo", r1=0)(x)) == 0
 
 
-@pytest.mark.parametrize("change,fragment", [
-    ({"hidden_size": 2**26}, "config says hidden_size 67108864 but the weights have 48"),
-    ({"image_size": 2**20}, "not a real VideoMAE input size"),
-    ({"hidden_size": "abc"}, "hidden_size must be a positive integer, got 'abc'"),
-    ({"num_frames": -8}, "num_frames must be a positive integer, got -8"),
-])
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        ({"hidden_size": 2**26}, "config says hidden_size 67108864 but the weights have 48"),
+        ({"image_size": 2**20}, "not a real VideoMAE input size"),
+        ({"hidden_size": "abc"}, "hidden_size must be a positive integer, got 'abc'"),
+        ({"num_frames": -8}, "num_frames must be a positive integer, got -8"),
+    ],
+)
 def test_bad_configs_fail_before_allocating(tmp_path, hub_folder, change, fragment):
     folder = tmp_path / "m"
     shutil.copytree(hub_folder, folder)
@@ -397,7 +497,9 @@ def test_config_that_is_not_an_object(tmp_path, hub_folder):
     shutil.copytree(hub_folder, folder)
     (folder / "config.json").write_text("[1, 2, 3]")
     r = run_cli("prune", "--model", folder, "--r1", "1", "-o", tmp_path / "out")
-    assert r.returncode == 1 and error_lines(r) == [f"sta: error: {folder / 'config.json'} is not a JSON object (it holds a list)"]
+    assert r.returncode == 1 and error_lines(r) == [
+        f"sta: error: {folder / 'config.json'} is not a JSON object (it holds a list)"
+    ]
 
 
 def test_huge_image_size_option_is_refused_cleanly(tmp_path, hub_folder):
@@ -407,8 +509,11 @@ def test_huge_image_size_option_is_refused_cleanly(tmp_path, hub_folder):
 
 
 def test_bad_option_values():
-    for kwargs, fragment in [({"mean": "1,2"}, "mean must be three finite numbers"), ({"std": "0,1,1"}, "above 0"),
-                             ({"num_heads": 0}, "num-heads must be a positive integer")]:
+    for kwargs, fragment in [
+        ({"mean": "1,2"}, "mean must be three finite numbers"),
+        ({"std": "0,1,1"}, "above 0"),
+        ({"num_heads": 0}, "num-heads must be a positive integer"),
+    ]:
         with pytest.raises(StaError, match=fragment):
             sta_cli.load("demo", **kwargs)
     with pytest.raises(StaError, match="does not apply to Video Swin"):
@@ -433,17 +538,27 @@ def _closed_port() -> int:
 
 
 def test_unreachable_hub_fails_fast(tmp_path, hub_folder):
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_CACHE": str(tmp_path / "hub"),
-           "HF_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "home"),
+    }
     env.pop("HF_HUB_OFFLINE", None)
     t0 = time.perf_counter()
     r = run_cli("prune", "--model", "no-such/repo", "--r1", "1", "-o", tmp_path / "out", env=env)
     assert time.perf_counter() - t0 < 30
     lines = error_lines(r)
     assert r.returncode == 1 and len(lines) == 1, r.stderr
-    assert "the Hub is unreachable" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and "not found on the Hub" not in lines[0]
+    assert (
+        "the Hub is unreachable" in lines[0]
+        and "HF_HUB_OFFLINE=1" in lines[0]
+        and "not found on the Hub" not in lines[0]
+    )
     # The same repo complete in the cache is used, with one note.
-    populate_hf_cache(tmp_path / "hub", "someone/cached", {n: hub_folder / n for n in ("config.json", "model.safetensors")})
+    populate_hf_cache(
+        tmp_path / "hub", "someone/cached", {n: hub_folder / n for n in ("config.json", "model.safetensors")}
+    )
     r = run_cli("prune", "--model", "someone/cached", "--r1", "1", "-o", tmp_path / "out", env=env)
     assert r.returncode == 0, r.stderr
     assert "the Hub is unreachable" in r.stderr and "using someone/cached from the local cache" in r.stderr

@@ -41,12 +41,15 @@ def test_help_shows_flags_bare_and_every_default(command):
         assert "sta | temporal | semantic | random" in text
 
 
-@pytest.mark.parametrize("args, words", [
-    (["prune", "--model", "demo", "--r1", "abc"], "Invalid value for '--r1'"),
-    (["prune", "--no-such-option"], "No such option"),
-    (["eval"], "Missing argument 'DATASET'"),
-    (["no-such-command"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["prune", "--model", "demo", "--r1", "abc"], "Invalid value for '--r1'"),
+        (["prune", "--no-such-option"], "No such option"),
+        (["eval"], "Missing argument 'DATASET'"),
+        (["no-such-command"], "No such command"),
+    ],
+)
 def test_usage_errors_are_one_line_with_exit_code_2(args, words):
     r = subprocess.run([sys.executable, "-m", "sta_cli", *args], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr

@@ -137,16 +137,19 @@ def test_pickle_holding_code_is_refused_and_not_run(tmp_path):
     assert not EVIL_MARK.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case,args,fragments", [
-    ("unknown alias", ["--model", "videomae-gigantic"], ["unknown model", "videomae-gigantic"]),
-    ("missing file", ["--model", "{tmp}/nope.safetensors"], ["unknown model"]),
-    ("truncated", ["--model", "{truncated}"], ["truncated.safetensors", "corrupt or truncated"]),
-    ("foreign weights", ["--model", "{foreign}"], ["not a VideoMAE classifier"]),
-    ("wrong architecture", ["--model", "{wrong_depth}"], ["config says num_hidden_layers 4", "weights have 6"]),
-    ("r1 too large", ["--model", "{hub}", "--r1", "9"], ["r1 must be between 0 and 8"]),
-    ("r1 negative", ["--model", "{hub}", "--r1", "-3"], ["r1"]),
-    ("bad option", ["--model", "{hub}", "--order", "sideways"], ["order must be one of"]),
-])
+@pytest.mark.parametrize(
+    "case,args,fragments",
+    [
+        ("unknown alias", ["--model", "videomae-gigantic"], ["unknown model", "videomae-gigantic"]),
+        ("missing file", ["--model", "{tmp}/nope.safetensors"], ["unknown model"]),
+        ("truncated", ["--model", "{truncated}"], ["truncated.safetensors", "corrupt or truncated"]),
+        ("foreign weights", ["--model", "{foreign}"], ["not a VideoMAE classifier"]),
+        ("wrong architecture", ["--model", "{wrong_depth}"], ["config says num_hidden_layers 4", "weights have 6"]),
+        ("r1 too large", ["--model", "{hub}", "--r1", "9"], ["r1 must be between 0 and 8"]),
+        ("r1 negative", ["--model", "{hub}", "--r1", "-3"], ["r1"]),
+        ("bad option", ["--model", "{hub}", "--order", "sideways"], ["order must be one of"]),
+    ],
+)
 def test_bad_input_one_line_nothing_written(tmp_path, hub_folder, bad_inputs, case, args, fragments):
     subs = {"tmp": tmp_path, "hub": hub_folder, **bad_inputs}
     args = [a.format(**subs) for a in args]

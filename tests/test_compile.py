@@ -12,8 +12,9 @@ from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 
 # 4 temporal slices x 9 tokens: the smallest grid STA runs on, so compiling stays quick.
-CFG = VideoMAEConfig(embed_dim=32, depth=3, num_heads=2, mlp_dim=64, num_classes=5, image_size=48, patch_size=16,
-                     num_frames=8)
+CFG = VideoMAEConfig(
+    embed_dim=32, depth=3, num_heads=2, mlp_dim=64, num_classes=5, image_size=48, patch_size=16, num_frames=8
+)
 
 
 @torch.no_grad()

@@ -97,8 +97,10 @@ def test_sta_keeps_accuracy_and_beats_random_pruning(demo, held_out):
     unpruned = top1(demo, x, y, STAConfig())
     sta = top1(demo, x, y, STAConfig(r1=r1))
     randoms = [top1(demo, x, y, STAConfig.random_baseline(r1, seed)) for seed in RANDOM_SEEDS]
-    print(f"\nheld-out top-1 on {len(y)} clips, r1={r1}: unpruned {unpruned:.3f}  STA {sta:.3f}  "
-          f"random {np.mean(randoms):.3f} +- {np.std(randoms, ddof=1):.3f} {randoms}")
+    print(
+        f"\nheld-out top-1 on {len(y)} clips, r1={r1}: unpruned {unpruned:.3f}  STA {sta:.3f}  "
+        f"random {np.mean(randoms):.3f} +- {np.std(randoms, ddof=1):.3f} {randoms}"
+    )
     assert unpruned >= 0.85  # the demo model must have learned the task for the claim to mean anything
     assert sta >= unpruned - 0.02
     assert sta > np.mean(randoms)

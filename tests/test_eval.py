@@ -85,12 +85,27 @@ def tiny_model(tmp_path_factory, videos) -> Path:
     from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 
     torch.manual_seed(0)
-    cfg = VideoMAEConfig(embed_dim=64, depth=6, num_heads=4, mlp_dim=128, num_classes=len(LABELS),
-                         image_size=32, patch_size=8, num_frames=8)
+    cfg = VideoMAEConfig(
+        embed_dim=64,
+        depth=6,
+        num_heads=4,
+        mlp_dim=128,
+        num_classes=len(LABELS),
+        image_size=32,
+        patch_size=8,
+        num_frames=8,
+    )
     model = VideoMAE(cfg).eval()
     model.family, model.source_name, model.labels = "videomae", "tiny", LABELS
-    model.preprocessing = {"num_frames": 8, "frame_stride": 2, "short_side": 32, "crop_size": 32,
-                           "mean": [0.45, 0.45, 0.45], "std": [0.225, 0.225, 0.225], "value_range": 1.0}
+    model.preprocessing = {
+        "num_frames": 8,
+        "frame_stride": 2,
+        "short_side": 32,
+        "crop_size": 32,
+        "mean": [0.45, 0.45, 0.45],
+        "std": [0.225, 0.225, 0.225],
+        "value_range": 1.0,
+    }
     with torch.no_grad():
         x = torch.cat([load_clip(videos / "videos" / f"v{i:02d}.mp4", model.preprocessing) for i in range(10)])
         f = model.forward_tokens(x)[0]
@@ -202,19 +217,45 @@ TORCHRUN_TIMEOUT = 120
 
 
 def test_torchrun_two_processes_match_one(tmp_path, tiny_model, videos):
-    args = [str(videos / "val.txt"), "--model", str(tiny_model), "--r1", "2,4", "--views", "2x1", "--batch", "4",
-            "--workers", "1", "--json"]
+    args = [
+        str(videos / "val.txt"),
+        "--model",
+        str(tiny_model),
+        "--r1",
+        "2,4",
+        "--views",
+        "2x1",
+        "--batch",
+        "4",
+        "--workers",
+        "1",
+        "--json",
+    ]
     one = runner.invoke(app, ["eval", *args, "-o", str(tmp_path / "one")])
     assert one.exit_code == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "sta_cli", "eval", *args, "-o", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "sta_cli",
+        "eval",
+        *args,
+        "-o",
+        str(tmp_path / "two"),
+    ]
     two = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TORCHRUN_TIMEOUT, cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     s1, s2 = json.loads(one.stdout), json.loads(two.stdout)  # only rank 0 prints: one JSON object
     assert s2["this_run"]["world_size"] == 2 and s1["this_run"]["world_size"] == 1
     assert comparable(s1) == comparable(s2)
-    assert (tmp_path / "one" / "predictions.jsonl").read_bytes() == (tmp_path / "two" / "predictions.jsonl").read_bytes()
+    assert (tmp_path / "one" / "predictions.jsonl").read_bytes() == (
+        tmp_path / "two" / "predictions.jsonl"
+    ).read_bytes()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     # Resuming a 2-process run in one process finds nothing left to do and reports the same.
     again = runner.invoke(app, ["eval", *args, "-o", str(tmp_path / "two")])
@@ -277,7 +318,9 @@ def test_corrupt_videos_are_counted_and_reported(tmp_path, tiny_model, videos):
     write_video(bad / "short.mp4", 2, seed=99, frames=6)  # fewer frames than a clip spans: padded, with a warning
     names = ("garbage.mp4", "empty.mp4", "truncated.mp4", "short.mp4")
     lst = dataset_with(tmp_path / "d", videos, [f"{bad / n} 0" for n in names])
-    r = runner.invoke(app, ["eval", str(lst), "-m", str(tiny_model), "--r1", "2", "-o", str(tmp_path / "o"), "--workers", "1"])
+    r = runner.invoke(
+        app, ["eval", str(lst), "-m", str(tiny_model), "--r1", "2", "-o", str(tmp_path / "o"), "--workers", "1"]
+    )
     assert r.exit_code == 0, r.stderr
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["videos"]["total"] == 14 and s["videos"]["evaluated"] + s["videos"]["failed"] == 14
@@ -305,7 +348,9 @@ def test_bad_dataset_is_refused_before_any_work(tmp_path, tiny_model, videos):
     missing = dataset_with(tmp_path / "m", videos, ["nowhere/a.mp4 1", "nowhere/b.mp4 2"])
     r = runner.invoke(app, ["eval", str(missing), "-m", str(tiny_model), "-o", str(out), "--r1", "2"])
     assert_one_line_error(r, "2 of 12 videos", "do not exist", "nowhere/a.mp4 (list.txt line 11)")
-    unknown = dataset_with(tmp_path / "u", videos, [f"{videos / 'videos' / 'v00.mp4'} jumping", f"{videos / 'videos' / 'v01.mp4'} 8"])
+    unknown = dataset_with(
+        tmp_path / "u", videos, [f"{videos / 'videos' / 'v00.mp4'} jumping", f"{videos / 'videos' / 'v01.mp4'} 8"]
+    )
     r = runner.invoke(app, ["eval", str(unknown), "-m", str(tiny_model), "-o", str(out), "--r1", "2"])
     assert_one_line_error(r, "2 videos", "labels the model does not know", "'8'", "'jumping'", "list.txt line 11")
     r = runner.invoke(app, ["eval", str(videos / "val.txt"), "-m", str(tiny_model), "-o", str(out), "--r1", "9"])

@@ -25,7 +25,9 @@ from sta_cli.models.videomae import VideoMAE, VideoMAEConfig  # noqa: E402
 from sta_cli.pruning import STAConfig, Stage, stage_keep_indices  # noqa: E402
 from sta_cli.pruning.sta import keep_lowest  # noqa: E402
 
-CFG = VideoMAEConfig(embed_dim=64, depth=6, num_heads=4, mlp_dim=128, num_classes=7, image_size=64, patch_size=16, num_frames=8)
+CFG = VideoMAEConfig(
+    embed_dim=64, depth=6, num_heads=4, mlp_dim=128, num_classes=7, image_size=64, patch_size=16, num_frames=8
+)
 TOKENS = [64, 48, 40, 36]  # r1 = 4: 4 x 16 tokens -> drop 4 per group at 4, 2, 1 groups
 FORBIDDEN = {"NonZero", "Loop", "If", "Scan", "Scatter", "ScatterND", "ScatterElements"}
 runner = CliRunner()
@@ -100,13 +102,28 @@ def artifact(workdir, onnx_run) -> Path:
 def test_onnx_lands_in_the_artifact_with_config(onnx_run, artifact):
     assert onnx_run["ok"] and onnx_run["validation"]["ok"]
     assert Path(onnx_run["files"]["model"]).name == "model.onnx"
-    assert sorted(p.name for p in artifact.iterdir()) == ["config.json", "manifest.json", "model.onnx", "model.safetensors", "report.json", "sta.json"]
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.onnx",
+        "model.safetensors",
+        "report.json",
+        "sta.json",
+    ]
     config = json.loads((artifact / "config.json").read_text())
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["format"] == "sta-artifact" and set(manifest["files"]) >= {"model.onnx", "config.json", "model.safetensors"}
+    assert manifest["format"] == "sta-artifact" and set(manifest["files"]) >= {
+        "model.onnx",
+        "config.json",
+        "model.safetensors",
+    }
     assert config["labels"][3] == "action_3" and config["preprocessing"]["num_frames"] == 8
     assert config["sta"]["r1"] == 4 and config["sta"]["tokens_per_stage"] == TOKENS
-    assert config["exports"]["onnx"]["outputs"][1] == {"name": "kept_positions_1", "shape": ["batch", 48], "dtype": "int64"}
+    assert config["exports"]["onnx"]["outputs"][1] == {
+        "name": "kept_positions_1",
+        "shape": ["batch", 48],
+        "dtype": "int64",
+    }
     # The artifact still loads with its settings after the export rewrote config.json.
     assert sta_cli.load(artifact).sta.r1 == 4
 
@@ -125,12 +142,20 @@ def test_onnx_graph_contract(artifact):
     assert inp.name == "pixel_values"
     assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 3, 8, 64, 64]
     outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    assert outs == {"logits": ["batch", 7], "kept_positions_1": ["batch", 48], "kept_positions_2": ["batch", 40], "kept_positions_3": ["batch", 36]}
+    assert outs == {
+        "logits": ["batch", 7],
+        "kept_positions_1": ["batch", 48],
+        "kept_positions_2": ["batch", 40],
+        "kept_positions_3": ["batch", 36],
+    }
     # With the batch fixed, shape inference gives every tensor a numeric shape: no data-dependent sizes.
     del model.graph.value_info[:]
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info]
+    shapes = [
+        [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.value_info
+    ]
     assert shapes and all(None not in s for s in shapes)
     assert {s[1] for s in shapes if len(s) == 3 and s[2] == 64} >= set(TOKENS)  # (batch, tokens, 64) activations
 
@@ -213,7 +238,13 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
         data.append((x, [logits, *kept]))
     torch.save(data, tmp_path / "data.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_STA, str(out), str(tmp_path / "data.pt")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_STA, str(out), str(tmp_path / "data.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
@@ -263,7 +294,9 @@ def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):
 
     class Select(torch.nn.Module):
         def forward(self, x, metric):
-            return stage_keep_indices(x, metric, torch.arange(16).expand(x.shape[0], 16), stage, STAConfig(r1=3), 0, (2, 4))
+            return stage_keep_indices(
+                x, metric, torch.arange(16).expand(x.shape[0], 16), stage, STAConfig(r1=3), 0, (2, 4)
+            )
 
     torch.manual_seed(0)
     base = torch.randn(2, 4, 8)
@@ -271,7 +304,12 @@ def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):
     metric = torch.randn(2, 4, 6).repeat_interleave(4, 1)
     path = tmp_path / "select.onnx"
     torch.onnx.export(
-        Select().eval(), (x, metric), str(path), dynamo=True, opset_version=18, verbose=False,
+        Select().eval(),
+        (x, metric),
+        str(path),
+        dynamo=True,
+        opset_version=18,
+        verbose=False,
         custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -391,7 +429,15 @@ def test_unpruned_video_swin_exports_and_validates(tmp_path):
 
     from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig
 
-    cfg = VideoSwinConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4), num_frames=4, image_size=64, num_classes=5)
+    cfg = VideoSwinConfig(
+        embed_dim=8,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=(2, 4, 4),
+        num_frames=4,
+        image_size=64,
+        num_classes=5,
+    )
     torch.manual_seed(0)
     folder = tmp_path / "tiny-swin"
     folder.mkdir()

@@ -29,7 +29,9 @@ def test_gflops_match_paper_table_2(size):
 
 
 def test_counts_one_flop_per_multiply_add():
-    cfg = VideoMAEConfig(embed_dim=32, depth=3, num_heads=2, mlp_dim=64, num_classes=5, image_size=32, patch_size=16, num_frames=4)
+    cfg = VideoMAEConfig(
+        embed_dim=32, depth=3, num_heads=2, mlp_dim=64, num_classes=5, image_size=32, patch_size=16, num_frames=4
+    )
     n, d = cfg.num_tokens, cfg.embed_dim
     per_block = n * (3 * d * d + d * d + 2 * d * cfg.mlp_dim) + 2 * n * n * d  # linears + QK^T + AV
     embed = n * d * 3 * 2 * 16 * 16

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +37,13 @@ def test_original_pth_layout_matches_transformers(tmp_path, hf_model, clip, wrap
     torch.save({wrapper: sd, "epoch": 3} if wrapper else sd, path)
     with pytest.raises(StaError, match="not a released architecture.*num_heads, image_size, num_frames, mean, std"):
         sta_cli.load(path)  # no config and not a released size: nothing may be guessed
-    arch = dict(num_heads=TINY_HF["num_attention_heads"], image_size=TINY_HF["image_size"], num_frames=TINY_HF["num_frames"],
-                mean="0.485,0.456,0.406", std=(0.229, 0.224, 0.225))
+    arch = dict(
+        num_heads=TINY_HF["num_attention_heads"],
+        image_size=TINY_HF["image_size"],
+        num_frames=TINY_HF["num_frames"],
+        mean="0.485,0.456,0.406",
+        std=(0.229, 0.224, 0.225),
+    )
     model = sta_cli.load(path, **arch)
     assert model.cfg.depth == TINY_HF["num_hidden_layers"] and model.cfg.embed_dim == TINY_HF["hidden_size"]
     assert model.provenance["values"]["num_heads"] == {"value": 4, "from": "option"}
@@ -55,8 +59,15 @@ def test_original_pth_layout_matches_transformers(tmp_path, hf_model, clip, wrap
 def test_hub_config_heads_are_trusted():
     from sta_cli.models.videomae import VideoMAEConfig
 
-    cfg = VideoMAEConfig.from_hf({"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 16,
-                                  "intermediate_size": 1536, "qv_bias": True})
+    cfg = VideoMAEConfig.from_hf(
+        {
+            "hidden_size": 384,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 16,
+            "intermediate_size": 1536,
+            "qv_bias": True,
+        }
+    )
     assert cfg.num_heads == 16  # only the known converted checkpoints are corrected (models.build_videomae)
     assert VideoMAEConfig.from_hf({"hidden_size": 768, "qkv_bias": False}).qkv_bias is False
 
@@ -73,8 +84,13 @@ def test_r1_zero_is_unpruned_and_artifact_keeps_settings(tmp_path, hub_folder, c
 
 
 def _run(args, env):
-    return subprocess.run([sys.executable, "-c", "import sys; from sta_cli.cli import app; app()", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from sta_cli.cli import app; app()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -103,7 +119,10 @@ def test_alias_and_repo_id_resolve_from_offline_cache(tmp_path, offline_cache):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[48, 40, 36]"  # 4 slices x 16 tokens, r=4 per group: 64-16, -8, -4
     # --revision picks the cached ref; without it, main is not cached.
-    r = _run(["prune", "--model", "someone/tagged-videomae", "--revision", "v1.0", "--r1", "2", "-o", str(tmp_path / "t")], env)
+    r = _run(
+        ["prune", "--model", "someone/tagged-videomae", "--revision", "v1.0", "--r1", "2", "-o", str(tmp_path / "t")],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     r = _run(["prune", "--model", "someone/tagged-videomae", "--r1", "2", "-o", str(tmp_path / "u")], env)
     assert r.returncode != 0 and "not found in the Hugging Face cache" in r.stderr
@@ -132,7 +151,10 @@ def test_sharded_safetensors_folder(tmp_path, hf_model, clip):
     keys = sorted(sd)
     half = len(keys) // 2
     weight_map = {}
-    for name, part in (("model-00001-of-00002.safetensors", keys[:half]), ("model-00002-of-00002.safetensors", keys[half:])):
+    for name, part in (
+        ("model-00001-of-00002.safetensors", keys[:half]),
+        ("model-00002-of-00002.safetensors", keys[half:]),
+    ):
         save_file({k: sd[k] for k in part}, str(folder / name))
         weight_map.update({k: name for k in part})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -146,8 +168,12 @@ def test_loader_errors_name_the_problem(tmp_path, hf_model):
     sd["blocks.0.attn.extra"] = torch.zeros(3)
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(StaError, match=r"unknown keys blocks\.0\.attn\.extra.*missing keys blocks\.2\.mlp\.fc1\.bias"):
-        sta_cli.load(tmp_path / "bad.pth", num_heads=4, image_size=64, num_frames=8, mean="0.5,0.5,0.5", std="0.5,0.5,0.5")
+        sta_cli.load(
+            tmp_path / "bad.pth", num_heads=4, image_size=64, num_frames=8, mean="0.5,0.5,0.5", std="0.5,0.5,0.5"
+        )
     folder = save_hub_folder(tiny_hf_model(hidden_size=64), tmp_path / "wide")
-    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 32'))
+    (folder / "config.json").write_text(
+        (folder / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 32')
+    )
     with pytest.raises(StaError, match="config says hidden_size 32 but the weights have 64"):
         sta_cli.load(folder)

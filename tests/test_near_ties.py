@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sta_cli.errors import ValidationFailed
 from sta_cli.export.graph import ExportModule, output_names
-from sta_cli.export.validate import Case, TIE_TOL, enforce, validate
+from sta_cli.export.validate import TIE_TOL, Case, enforce, validate
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 from sta_cli.pruning import sta as sta_module
-from sta_cli.errors import ValidationFailed
 
-CFG = VideoMAEConfig(embed_dim=32, depth=6, num_heads=2, mlp_dim=64, num_classes=5, image_size=32, patch_size=8, num_frames=8)
+CFG = VideoMAEConfig(
+    embed_dim=32, depth=6, num_heads=2, mlp_dim=64, num_classes=5, image_size=32, patch_size=8, num_frames=8
+)
 
 
 def tied_model() -> VideoMAE:
@@ -73,7 +75,10 @@ def test_one_near_tie_swap_passes_and_is_counted():
     out[1][0, [i, j]] = out[1][0, [j, i]]
     result = run_validation(lambda t: out, model, x)
     enforce(result, allow_mismatch=False)  # passes, and says what it accepted
-    assert "kept positions equal up to near ties (stage 1: 0 token(s) swapped in/out, 2 in another order;" in messages(result)[5]
+    assert (
+        "kept positions equal up to near ties (stage 1: 0 token(s) swapped in/out, 2 in another order;"
+        in messages(result)[5]
+    )
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_video import make_bad_inputs, write_video  # noqa: E402  (tests/ is on sys.path)
 from typer.testing import CliRunner
 
 from sta_cli import api, vis
@@ -25,8 +26,6 @@ from sta_cli.flops import FLOPS_LABEL
 from sta_cli.io.video import denormalise, load_clip
 from sta_cli.models import registry
 from sta_cli.pruning import STAConfig
-
-from test_video import make_bad_inputs, write_video  # noqa: E402  (tests/ is on sys.path)
 
 runner = CliRunner()
 
@@ -100,8 +99,15 @@ def test_artifact_r1_and_onnx(artifact, clip_file, tmp_path):
     # recognised as the unpruned model and timed in that column.
     model = api.load(str(artifact), r1=0)
     onnx_file = tmp_path / "unpruned.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 8, 64, 64),), str(onnx_file), dynamo=False,
-                      input_names=["pixel_values"], output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 8, 64, 64),),
+        str(onnx_file),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}},
+    )
     r = prof.profile(clip_file, str(artifact), onnx=onnx_file, runs=1, batch=2)
     assert r["sta"]["r1"] == 4 and any("artifact's own setting" in n for n in r["notes"])
     assert r["onnx"]["matches"] == "unpruned" and r["onnx"]["max_abs_diff"]["unpruned"] < 1e-4
@@ -162,14 +168,18 @@ def test_sweep_table_and_plot(hub_folder, clip_file, tmp_path):
     assert Path(r["vis"]).is_file() and not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("sweep,match", [("0,a", "comma-separated"), ("0,-4", "non-negative"), ("0,99", "r1 must be between")])
+@pytest.mark.parametrize(
+    "sweep,match", [("0,a", "comma-separated"), ("0,-4", "non-negative"), ("0,99", "r1 must be between")]
+)
 def test_bad_sweep_fails_before_work(hub_folder, clip_file, sweep, match):
     with pytest.raises(StaError, match=match):
         prof.profile(clip_file, str(hub_folder), r1=4, sweep_r1=sweep, runs=1)
 
 
 def test_cli_json_is_one_object(hub_folder, clip_file, tmp_path):
-    result = runner.invoke(app, ["profile", str(clip_file), "--model", str(hub_folder), "--r1", "2", "--runs", "1", "--json"])
+    result = runner.invoke(
+        app, ["profile", str(clip_file), "--model", str(hub_folder), "--r1", "2", "--runs", "1", "--json"]
+    )
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
     assert r["sta"]["r1"] == 2 and r["pruned"]["tokens_per_stage"][0] == 64
@@ -179,7 +189,15 @@ def test_cli_table_and_short_clip_warning(hub_folder, tmp_path):
     short = write_video(tmp_path / "short.webm", "libvpx-vp9", n=10, w=64, h=64)
     result = runner.invoke(app, ["profile", str(short), "--model", str(hub_folder), "--runs", "1"])
     assert result.exit_code == 0, result.output
-    for text in ("unpruned", "pruned", "top-5", "GFLOPs (fvcore", "tokens per stage", "torch eager", "STA scoring share"):
+    for text in (
+        "unpruned",
+        "pruned",
+        "top-5",
+        "GFLOPs (fvcore",
+        "tokens per stage",
+        "torch eager",
+        "STA scoring share",
+    ):
         assert text in result.stdout
     assert "warning:" in result.stderr and "padded by repeating" in result.stderr
     assert "r1=5 (the paper's 64 of 196 tokens per frame" in result.stderr
@@ -190,8 +208,9 @@ def bad_inputs(tmp_path_factory):
     return make_bad_inputs(tmp_path_factory.mktemp("bad"))
 
 
-@pytest.mark.parametrize("name", ["missing", "directory", "not_a_video", "audio_only", "zero_frames", "truncated_mp4",
-                                  "corrupt_stream"])
+@pytest.mark.parametrize(
+    "name", ["missing", "directory", "not_a_video", "audio_only", "zero_frames", "truncated_mp4", "corrupt_stream"]
+)
 def test_cli_bad_video_is_one_line(hub_folder, bad_inputs, name):
     path, phrase = bad_inputs[name]
     result = runner.invoke(app, ["profile", str(path), "--model", str(hub_folder), "--runs", "1"])
@@ -201,14 +220,17 @@ def test_cli_bad_video_is_one_line(hub_folder, bad_inputs, name):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.parametrize("args,phrase", [
-    (["--views", "2by3"], "--views must look like TxS"),
-    (["--batch", "0"], "--batch must be at least 1"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--r1", "99"], "r1 must be between"),
-    (["--onnx", "nope.onnx"], "no such ONNX file"),
-    (["--vis", "."], "is a folder"),
-])
+@pytest.mark.parametrize(
+    "args,phrase",
+    [
+        (["--views", "2by3"], "--views must look like TxS"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--r1", "99"], "r1 must be between"),
+        (["--onnx", "nope.onnx"], "no such ONNX file"),
+        (["--vis", "."], "is a folder"),
+    ],
+)
 def test_cli_bad_options(hub_folder, clip_file, args, phrase):
     result = runner.invoke(app, ["profile", str(clip_file), "--model", str(hub_folder), "--runs", "1", *args])
     assert result.exit_code != 0 and phrase in result.stderr and "Traceback" not in result.stderr
@@ -228,7 +250,9 @@ def test_demo_fallback_with_no_arguments(tmp_path, hub_folder, monkeypatch):
     for f in hub_folder.iterdir():
         (demo / f.name).write_bytes(f.read_bytes())
     write_video(demo / "sample.mp4", "libx264", n=32, w=64, h=64)
-    monkeypatch.setitem(registry.ALIASES, "demo", registry.Alias("demo", str(demo), "videomae", "tiny", 5, "test", 4, packaged=True))
+    monkeypatch.setitem(
+        registry.ALIASES, "demo", registry.Alias("demo", str(demo), "videomae", "tiny", 5, "test", 4, packaged=True)
+    )
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -246,8 +270,9 @@ def test_as_typed_next_to_a_pruned_artifact(tmp_path, hub_folder, clip_file):
     sta = Path(sys.executable).parent / "sta"
     cmd = [str(sta)] if sta.exists() else [sys.executable, "-m", "sta_cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*cmd, "profile", "clip.mp4", "--runs", "1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        [*cmd, "profile", "clip.mp4", "--runs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr
     assert "using the artifact in ./tiny-sta-r4" in done.stderr and "r1=4: the artifact's own setting" in done.stderr
     assert "tiny-sta-r4 on clip.mp4" in done.stdout and "64 -> 48 -> 40 -> 36" in done.stdout

@@ -15,7 +15,6 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
 from sta_cli.cli import app  # noqa: E402
-from sta_cli.export import export  # noqa: E402
 from sta_cli.export import quantize as q  # noqa: E402
 
 runner = CliRunner()
@@ -57,7 +56,10 @@ def test_quantised_demo_graph_validates(demo_int8):
     assert any(m.startswith("top-1 identical to float32 PyTorch") for m in messages)
     assert any(m.startswith("held-out top-1 on 64 demo clips: int8 + STA") for m in messages)
     config = json.loads((folder / "config.json").read_text())
-    assert config["exports"]["onnx_int8"]["file"] == "model.int8.onnx" and config["exports"]["onnx"]["file"] == "model.onnx"
+    assert (
+        config["exports"]["onnx_int8"]["file"] == "model.int8.onnx"
+        and config["exports"]["onnx"]["file"] == "model.onnx"
+    )
 
 
 def test_scores_stay_float32(demo_int8):
@@ -72,7 +74,9 @@ def test_scores_stay_float32(demo_int8):
     assert integer and all(n.input[1] in constants for n in integer)
     left = [n for n in int8_graph.graph.node if n.op_type == "MatMul" and n.input[1] not in constants]
     assert len(left) == activation == report["int8"]["quantization"]["float_matmuls"] > 0
-    assert sum(1 for n in int8_graph.graph.node if n.op_type == "TopK") == sum(1 for n in float_graph.graph.node if n.op_type == "TopK")
+    assert sum(1 for n in int8_graph.graph.node if n.op_type == "TopK") == sum(
+        1 for n in float_graph.graph.node if n.op_type == "TopK"
+    )
     assert os.path.getsize(folder / "model.int8.onnx") < 0.6 * os.path.getsize(folder / "model.onnx")
 
 
@@ -94,14 +98,45 @@ def test_accuracy_drop_past_the_threshold_fails_and_writes_nothing(tmp_path, mon
         return {**measured, "int8_sta": measured["float32_unpruned"] - 3.0, "drop": 3.0}
 
     monkeypatch.setattr(q, "heldout_accuracy", worse)
-    r = run_cli("export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16,
-                "--max-accuracy-drop", 2.5, cwd=tmp_path)
+    r = run_cli(
+        "export",
+        "--model",
+        "demo",
+        "--r1",
+        21,
+        "-o",
+        "out",
+        "--quantize",
+        "int8",
+        "--accuracy-clips",
+        16,
+        "--max-accuracy-drop",
+        2.5,
+        cwd=tmp_path,
+    )
     assert r.exit_code == 3 and "Traceback" not in r.stderr
-    assert "sta: error: model.int8.onnx: validation failed on held-out clips: held-out top-1 on 16 demo clips" in r.stderr
+    assert (
+        "sta: error: model.int8.onnx: validation failed on held-out clips: held-out top-1 on 16 demo clips" in r.stderr
+    )
     assert "drop +3.00 points, at most 2.5" in r.stdout and "nothing was written" in r.stderr
     assert not (tmp_path / "out").exists()
-    r = run_cli("export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16,
-                "--max-accuracy-drop", 3, "--json", cwd=tmp_path)
+    r = run_cli(
+        "export",
+        "--model",
+        "demo",
+        "--r1",
+        21,
+        "-o",
+        "out",
+        "--quantize",
+        "int8",
+        "--accuracy-clips",
+        16,
+        "--max-accuracy-drop",
+        3,
+        "--json",
+        cwd=tmp_path,
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["int8"]["accuracy"]["drop"] == 3.0
 

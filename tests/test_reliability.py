@@ -70,8 +70,18 @@ def _build_place(root: Path) -> None:
         (root / name).mkdir()
         (root / name / "config.json").write_text(config)
         shutil.copy(demo / "model.safetensors", root / name)
-    hf = {"model_type": "videomae", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 2,
-          "intermediate_size": 256, "image_size": 64, "patch_size": 8, "num_frames": 16, "tubelet_size": 2, "num_labels": 8}
+    hf = {
+        "model_type": "videomae",
+        "hidden_size": 64,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 2,
+        "intermediate_size": 256,
+        "image_size": 64,
+        "patch_size": 8,
+        "num_frames": 16,
+        "tubelet_size": 2,
+        "num_labels": 8,
+    }
     for name, change in (("hugeconfig", {"hidden_size": 2**26}), ("bigimage", {"image_size": 2**20})):
         (root / name).mkdir()
         (root / name / "config.json").write_text(__import__("json").dumps({**hf, **change}))
@@ -142,8 +152,14 @@ def test_bad_input_gives_one_line_and_leaves_nothing(place, row):
     args = [w for w in words if w not in {f"{k}={v}" for k, v in env.items()}][1:]
     before = snapshot(place)
     if env:  # environment variables are read at import time by some libraries: a fresh process
-        r = subprocess.run([sys.executable, "-m", "sta_cli", *args], cwd=place, env={**os.environ, **env},
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "sta_cli", *args],
+            cwd=place,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == int(row["code"]), r.stderr
         check_error_text(r.stderr, row["message"])
     else:
@@ -172,8 +188,13 @@ print("published", flush=True)
 
 
 def _writer(out: Path, mode: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(out), mode], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(out), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_9_leaves_no_result_and_the_next_run_cleans_up(tmp_path):
@@ -196,8 +217,12 @@ def test_kill_9_leaves_no_result_and_the_next_run_cleans_up(tmp_path):
 
 
 def test_kill_9_during_sta_prune_is_not_taken_for_an_artifact(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "sta_cli", "prune", "--model", "demo", "-o", "out"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "sta_cli", "prune", "--model", "demo", "-o", "out"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         for _ in range(1200):  # until the temporary folder holds the weights
             tmps = [q for q in tmp_path.iterdir() if q.name.endswith(".sta-tmp")]
@@ -225,8 +250,16 @@ def test_two_writers_one_wins_the_other_fails_cleanly(tmp_path):
 
 
 def test_two_sta_prune_at_once_never_both_succeed(tmp_path):
-    runs = [subprocess.Popen([sys.executable, "-m", "sta_cli", "prune", "--model", "demo", "--r1", str(r1), "-o", "out"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r1 in (8, 16)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sta_cli", "prune", "--model", "demo", "--r1", str(r1), "-o", "out"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r1 in (8, 16)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
     codes = sorted(code for code, _ in results)
     assert codes[0] == 0 and codes[1] != 0, results
@@ -270,7 +303,9 @@ def test_force_replaces_an_artifact_and_nothing_else(place, tmp_path):
     (tmp_path / "empty").mkdir()
     assert run_cli("prune", "--model", "demo", "-o", "empty", "--force", cwd=tmp_path).exit_code == 0
     (tmp_path / "sub").mkdir()
-    assert_one_line_error(run_cli("prune", "--model", "demo", "-o", "..", "--force", cwd=tmp_path / "sub"), "current folder")
+    assert_one_line_error(
+        run_cli("prune", "--model", "demo", "-o", "..", "--force", cwd=tmp_path / "sub"), "current folder"
+    )
 
 
 def test_export_replaces_its_model_file_only_with_force(place, tmp_path):

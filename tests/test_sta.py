@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sta_cli.errors import StaError
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig, Stage, plan_stages, stage_keep_indices
 
-CFG = VideoMAEConfig(embed_dim=32, depth=6, num_heads=2, mlp_dim=64, num_classes=6, image_size=96, patch_size=16, num_frames=16)
+CFG = VideoMAEConfig(
+    embed_dim=32, depth=6, num_heads=2, mlp_dim=64, num_classes=6, image_size=96, patch_size=16, num_frames=16
+)
 # 8 temporal slices x 36 tokens per frame
 
 
@@ -28,6 +29,7 @@ def tiny_model(sta: STAConfig | None = None, seed: int = 0) -> VideoMAE:
 
 # --- an independent, per-sample port of the reference's merge (docs/algorithm.md) ------------------
 
+
 def reference_merge(x, metric, r, groups, backward):
     """One sample. x (N, d) with the original position appended as the last channel, metric (N, c)."""
     N = x.shape[0]
@@ -36,7 +38,9 @@ def reference_merge(x, metric, r, groups, backward):
     ms = metric.reshape(groups, n, -1)
     ms = ms / ms.norm(dim=-1, keepdim=True)
     act = xs[..., :-1].abs().sum(-1)
-    act = (act - act.min(-1, keepdim=True).values) / (act.max(-1, keepdim=True).values - act.min(-1, keepdim=True).values)
+    act = (act - act.min(-1, keepdim=True).values) / (
+        act.max(-1, keepdim=True).values - act.min(-1, keepdim=True).values
+    )
     perm = list(range(groups))[::-1] if backward else list(range(groups))
 
     # first visited group: bipartite drop
@@ -102,7 +106,9 @@ def test_hand_checked_order_and_second_group_special_case():
     metric = torch.tensor([[1, 0], [1, 0], [0, 1], [0.6, 0.8], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
     x = torch.ones(1, 8, 3)
     stage = Stage(block=0, groups=2, drop=1, backward=False, tokens_in=8)
-    idx = stage_keep_indices(x, metric[None], torch.arange(8)[None], stage, STAConfig(r1=1, score="temporal"), 0, (2, 2))
+    idx = stage_keep_indices(
+        x, metric[None], torch.arange(8)[None], stage, STAConfig(r1=1, score="temporal"), 0, (2, 2)
+    )
     # Group 0, bipartite: candidates 0 and 2 (even), targets 1 and 3. Token 0's best match is 1.0
     # (identical to token 1), token 2's is 0.8 (token 3): order [1, 3, 2, 0], drop the last -> [1, 3, 2].
     # Group 1 against ALL four group-0 tokens with s = column sums of the transition:
@@ -119,11 +125,14 @@ def test_r1_zero_is_the_unpruned_model():
         assert torch.equal(zero(clip), plain) and zero.kept_positions == [] and zero.stages == []
 
 
-@pytest.mark.parametrize("schedule,expected", [
-    ("decreasing", [288, 224, 192, 176]),  # 8x36 -> -8x8, -4x8, -2x8
-    ("constant", [288, 224, 160, 96]),  # -8x8 each stage
-    ("increasing", [288, 224, 96, 0]),
-])
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("decreasing", [288, 224, 192, 176]),  # 8x36 -> -8x8, -4x8, -2x8
+        ("constant", [288, 224, 160, 96]),  # -8x8 each stage
+        ("increasing", [288, 224, 96, 0]),
+    ],
+)
 def test_token_counts_per_stage(schedule, expected):
     if expected[-1] == 0:
         with pytest.raises(StaError, match="choose a smaller r1"):

@@ -32,8 +32,17 @@ def frame_image(i: int, w: int, h: int) -> np.ndarray:
     return img
 
 
-def write_video(path: Path, codec: str, n: int = 30, w: int = 64, h: int = 48, pix_fmt: str | None = None,
-                rotation: int | None = None, pts_ms: list[int] | None = None, options: dict | None = None) -> Path:
+def write_video(
+    path: Path,
+    codec: str,
+    n: int = 30,
+    w: int = 64,
+    h: int = 48,
+    pix_fmt: str | None = None,
+    rotation: int | None = None,
+    pts_ms: list[int] | None = None,
+    options: dict | None = None,
+) -> Path:
     with av.open(str(path), "w", options=options or {}) as c:
         s = c.add_stream(codec, rate=25)
         s.width, s.height = w, h
@@ -281,8 +290,18 @@ def bad_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "name", ["missing", "directory", "not_a_video", "empty", "audio_only", "zero_frames", "truncated_mp4",
-             "truncated_webm", "corrupt_stream"]
+    "name",
+    [
+        "missing",
+        "directory",
+        "not_a_video",
+        "empty",
+        "audio_only",
+        "zero_frames",
+        "truncated_mp4",
+        "truncated_webm",
+        "corrupt_stream",
+    ],
 )
 def test_bad_input_is_one_clear_error(bad_inputs, name):
     if name not in bad_inputs:

@@ -29,7 +29,13 @@ CASES = ("grid", "padded")
 
 # Small enough to run in milliseconds; grids (4,16,16), (4,8,8), (4,4,4), (4,2,2); r1 <= 27.
 TINY = VideoSwinConfig(
-    embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4), num_frames=8, image_size=64, num_classes=5
+    embed_dim=8,
+    depths=(2, 2, 2, 2),
+    num_heads=(1, 2, 2, 4),
+    window_size=(2, 4, 4),
+    num_frames=8,
+    image_size=64,
+    num_classes=5,
 )
 
 
@@ -162,7 +168,10 @@ def test_nearest_kept_fill_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     T, H, W, keep = 3, 5, 7, 6
     kept = torch.stack(
-        [torch.cat([torch.randperm(H * W, generator=gen)[:keep].sort().values + t * H * W for t in range(T)]) for _ in range(2)]
+        [
+            torch.cat([torch.randperm(H * W, generator=gen)[:keep].sort().values + t * H * W for t in range(T)])
+            for _ in range(2)
+        ]
     )
     fill = nearest_kept_fill(kept, (T, H, W))
     assert torch.equal(fill, brute_force_fill(kept, (T, H, W)))
@@ -178,7 +187,11 @@ def test_schedule_and_validation():
     with torch.device("meta"):
         t = VideoSwin(VideoSwinConfig(), STAConfig(r1=256))
     assert t.tokens_per_stage == [50176, 16 * 528, 16 * 100, 16 * 17]
-    assert [(s.block, s.groups, s.drop, s.backward) for s in t.stages] == [(1, 16, 256, False), (2, 16, 96, True), (3, 16, 32, False)]
+    assert [(s.block, s.groups, s.drop, s.backward) for s in t.stages] == [
+        (1, 16, 256, False),
+        (2, 16, 96, True),
+        (3, 16, 32, False),
+    ]
     with pytest.raises(StaError, match="between 0 and 387"):
         t.set_sta(STAConfig(r1=388))
     with pytest.raises(StaError, match="decreasing"):
@@ -265,7 +278,16 @@ def test_kept_positions_are_per_slice_and_batch_independent(clip):
             assert torch.equal(torch.bincount(row // (h * w), minlength=t), torch.full((t,), h * w - drop))
 
 
-@pytest.mark.parametrize("options", [dict(similarity="query"), dict(similarity="value"), dict(first_group="grid"), dict(order="fff"), dict(score="semantic")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(similarity="query"),
+        dict(similarity="value"),
+        dict(first_group="grid"),
+        dict(order="fff"),
+        dict(score="semantic"),
+    ],
+)
 def test_sta_options_run(clip, options):
     model = tiny_model(sta=STAConfig(r1=16, **options))
     with torch.no_grad():
@@ -308,7 +330,10 @@ def test_gflops_match_table3(size):
 
 
 def test_aliases_point_at_torchvision_weights():
-    for name, file in [("videoswin-tiny", "swin3d_t-7615ae03.pth"), ("videoswin-base-22k", "swin3d_b_22k-7c6ae6fa.pth")]:
+    for name, file in [
+        ("videoswin-tiny", "swin3d_t-7615ae03.pth"),
+        ("videoswin-base-22k", "swin3d_b_22k-7c6ae6fa.pth"),
+    ]:
         a = ALIASES[name]
         assert a.family == "videoswin" and a.is_url and a.source == f"https://download.pytorch.org/models/{file}"
         assert a.classes == 400 and a.frame_stride == 2
@@ -376,14 +401,48 @@ def test_cli_prune_weights_file(tmp_path):
 
     from sta_cli.cli import app
 
-    released_input = ["--image-size", "224", "--num-frames", "32", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
-    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "256", "-o", str(tmp_path / "out"), "--json", *released_input])
+    released_input = [
+        "--image-size",
+        "224",
+        "--num-frames",
+        "32",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+    ]
+    r = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            "--model",
+            str(FIXTURES / "grid_torchvision.safetensors"),
+            "--r1",
+            "256",
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+            *released_input,
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["tokens"]["pruned"] == [50176, 16 * 528, 16 * 100, 16 * 17]
     assert report["validation"]["reproduces_source"]["ok"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architecture"] == "videoswin"
-    r = CliRunner().invoke(app, ["prune", "--model", str(FIXTURES / "grid_torchvision.safetensors"), "--r1", "400", "-o", str(tmp_path / "o2"), *released_input])
+    r = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            "--model",
+            str(FIXTURES / "grid_torchvision.safetensors"),
+            "--r1",
+            "400",
+            "-o",
+            str(tmp_path / "o2"),
+            *released_input,
+        ],
+    )
     assert r.exit_code != 0 and "between 0 and 387" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o2").exists()
 
@@ -393,7 +452,15 @@ def test_onnx_export_static_shapes(tmp_path):
     Runtime reproducing PyTorch's logits and kept positions (checked by the export's own validation)."""
     from sta_cli.export import export
 
-    cfg = VideoSwinConfig(embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 4, 4), num_frames=4, image_size=64, num_classes=5)
+    cfg = VideoSwinConfig(
+        embed_dim=8,
+        depths=(2, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=(2, 4, 4),
+        num_frames=4,
+        image_size=64,
+        num_classes=5,
+    )
     torch.manual_seed(0)
     folder = tmp_path / "tiny-swin"
     folder.mkdir()
@@ -402,7 +469,10 @@ def test_onnx_export_static_shapes(tmp_path):
     report = export(folder, "onnx", tmp_path / "onnx", r1=24)
     graph, validation = report["graph"], report["validation"]
     assert graph["not_static"] == [] and graph["forbidden"] == [] and graph["topk"] > 0
-    assert graph["outputs"]["kept_positions_1"] == ["batch", 2 * 40] and graph["outputs"]["kept_positions_3"] == ["batch", 2 * 1]
+    assert graph["outputs"]["kept_positions_1"] == ["batch", 2 * 40] and graph["outputs"]["kept_positions_3"] == [
+        "batch",
+        2 * 1,
+    ]
     assert {512, 80, 14, 2} <= set(graph["token_counts"])
     assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] < 1e-4
     assert (tmp_path / "onnx" / "model.onnx").is_file()
@@ -411,7 +481,13 @@ def test_onnx_export_static_shapes(tmp_path):
 # Several windows per slice, windows smaller than the grid and padded (stage grids (2,10,10),
 # (2,5,5), (2,3,3), (2,2,2) with a (2,3,3) window), two heads and a shifted block in a pruned stage.
 EXPORT_CFG = VideoSwinConfig(
-    embed_dim=8, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 2), window_size=(2, 3, 3), num_frames=4, image_size=40, num_classes=5
+    embed_dim=8,
+    depths=(1, 2, 1, 1),
+    num_heads=(1, 2, 2, 2),
+    window_size=(2, 3, 3),
+    num_frames=4,
+    image_size=40,
+    num_classes=5,
 )
 
 
@@ -419,7 +495,8 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     """Regression: ONNX export with autograd on (as bench/export_speed.py calls it) failed with "Cannot
     view a tensor ..." (a reshape after SDPA traced as a view), TorchScript tracing with "numpy.ndarray %
     Tensor" (the grid read as traced 0-d tensors). Both now export and reproduce PyTorch at batch 1 and 3."""
-    from sta_cli.export import export, onnx as onnx_export
+    from sta_cli.export import export
+    from sta_cli.export import onnx as onnx_export
     from sta_cli.export.graph import ExportModule, example_input, output_names
     from sta_cli.export.validate import Case, validate
 
@@ -460,7 +537,13 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
 # Stage grids (4,24,24), (4,12,12), (4,6,6), (4,3,3) with a (2,8,8) window: shifted windows (and their
 # masks) in stages 1-3, weights (8.4 MB) large next to the token count, as in the released models.
 SIZE_CFG = VideoSwinConfig(
-    embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(2, 8, 8), num_frames=8, image_size=96, num_classes=10
+    embed_dim=32,
+    depths=(2, 2, 2, 2),
+    num_heads=(1, 2, 4, 8),
+    window_size=(2, 8, 8),
+    num_frames=8,
+    image_size=96,
+    num_classes=10,
 )
 
 

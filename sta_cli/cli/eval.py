@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,11 +26,24 @@ class RichProgress:
         self._last = 0.0
 
     def start(self, total: int, done: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(
-            TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("evaluating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("videos"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=c.err,
         )
         self._bar.start()
@@ -61,22 +74,81 @@ class RichProgress:
 @o.arch_options
 @o.sta_options
 def eval_command(
-    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.", show_default=False)],
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATASET",
+            help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.",
+            show_default=False,
+        ),
+    ],
     model: Annotated[
-        Optional[str],
-        typer.Option("--model", "-m", metavar="MODEL", show_default="the artifact `sta prune` left here, else the packaged demo model",
-                     help="Artifact folder, alias, Hub repo id, local folder or weights file."),
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            show_default="the artifact `sta prune` left here, else the packaged demo model",
+            help="Artifact folder, alias, Hub repo id, local folder or weights file.",
+        ),
     ] = None,
-    r1: Annotated[Optional[str], typer.Option("--r1", metavar="R1,R1,...", help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).")] = None,
-    views: Annotated[str, typer.Option("--views", metavar="TxS", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3).")] = "1x1",
+    r1: Annotated[
+        str | None,
+        typer.Option(
+            "--r1",
+            metavar="R1,R1,...",
+            help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).",
+        ),
+    ] = None,
+    views: Annotated[
+        str,
+        typer.Option(
+            "--views", metavar="TxS", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3)."
+        ),
+    ] = "1x1",
     batch: Annotated[int, typer.Option("--batch", "-b", metavar="INT", help="Clips per forward pass.")] = 8,
-    workers: Annotated[int, typer.Option("--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process).")] = 2,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).")] = None,
-    root: Annotated[Optional[Path], typer.Option("--root", metavar="FOLDER", help="Folder that relative paths in the list are relative to (default: the list's folder).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cpu or cuda (default: cuda:LOCAL_RANK when available).")] = None,
-    precision: Annotated[str, typer.Option("--precision", metavar="NAME", help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).")] = "fp32",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process)."
+        ),
+    ] = 2,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FOLDER",
+            help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).",
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root",
+            metavar="FOLDER",
+            help="Folder that relative paths in the list are relative to (default: the list's folder).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", metavar="DEVICE", help="cpu or cuda (default: cuda:LOCAL_RANK when available)."),
+    ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            metavar="NAME",
+            help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).",
+        ),
+    ] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="Run the model compiled with torch.compile (fullgraph); compiled before the first video.")] = False,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="Run the model compiled with torch.compile (fullgraph); compiled before the first video."
+        ),
+    ] = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,
@@ -94,11 +166,26 @@ def eval_command(
     main_rank = os.environ.get("RANK", "0") == "0"
     model = c.default_model("eval", model, demo=True)
     if model is None:
-        raise StaError("no model given, no artifact in the current folder and no packaged demo: pass --model (see `sta models`)")
+        raise StaError(
+            "no model given, no artifact in the current folder and no packaged demo: pass --model (see `sta models`)"
+        )
     try:
         summary = evaluate(
-            dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
-            device=device, precision=precision, revision=revision, token=token, arch=arch, progress=RichProgress() if main_rank else None,
+            dataset,
+            model,
+            r1,
+            views=views,
+            batch=batch,
+            workers=workers,
+            out=out,
+            root=root,
+            force=force,
+            device=device,
+            precision=precision,
+            revision=revision,
+            token=token,
+            arch=arch,
+            progress=RichProgress() if main_rank else None,
             compile=compile,
             **sta_options,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,39 +17,89 @@ from . import options as o
 @o.sta_options
 def export(
     source: Annotated[
-        Optional[str],
-        typer.Argument(metavar="SOURCE", show_default=False,
-                       help="Artifact folder from `sta prune` (default: the one in the current folder), or a model spec."),
+        str | None,
+        typer.Argument(
+            metavar="SOURCE",
+            show_default=False,
+            help="Artifact folder from `sta prune` (default: the one in the current folder), or a model spec.",
+        ),
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", metavar="MODEL", show_default=False,
-                                    help="Export a model spec (alias, Hub id, folder, file) pruned with the STA options.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            show_default=False,
+            help="Export a model spec (alias, Hub id, folder, file) pruned with the STA options.",
+        ),
     ] = None,
-    format: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="onnx | torchscript | pt2 (torch.export).")] = "onnx",
+    format: Annotated[
+        str, typer.Option("--format", "-f", metavar="FORMAT", help="onnx | torchscript | pt2 (torch.export).")
+    ] = "onnx",
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", show_default="the artifact folder, or ./<model>-sta-r<r1>", help="Output folder.")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FOLDER",
+            show_default="the artifact folder, or ./<model>-sta-r<r1>",
+            help="Output folder.",
+        ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", metavar="INT", help="ONNX opset (17 or newer).")] = 18,
-    batch: Annotated[Optional[int], typer.Option("--batch", metavar="INT", show_default="dynamic", help="Fix the batch size.")] = None,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision graph for GPU runtimes (STA scores stay float32).")] = False,
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda: where validation (and tracing) runs.")] = "auto",
-    atol: Annotated[Optional[float], typer.Option("--atol", metavar="FLOAT", show_default="1e-4; fp16: 5e-2", help="Max abs logit difference vs PyTorch fp32.")] = None,
-    allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help="Keep the export when only atol/top-1 checks fail.")] = False,
-    no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the comparison with PyTorch (graph checks still run).")] = False,
+    batch: Annotated[
+        int | None, typer.Option("--batch", metavar="INT", show_default="dynamic", help="Fix the batch size.")
+    ] = None,
+    dynamic_batch: Annotated[
+        bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")
+    ] = False,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Half-precision graph for GPU runtimes (STA scores stay float32).")
+    ] = False,
+    device: Annotated[
+        str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda: where validation (and tracing) runs.")
+    ] = "auto",
+    atol: Annotated[
+        float | None,
+        typer.Option(
+            "--atol", metavar="FLOAT", show_default="1e-4; fp16: 5e-2", help="Max abs logit difference vs PyTorch fp32."
+        ),
+    ] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Keep the export when only atol/top-1 checks fail.")
+    ] = False,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Skip the comparison with PyTorch (graph checks still run).")
+    ] = False,
     clip: o.Clip = None,
     force: o.Force = False,
     quantize: Annotated[
-        Optional[str], typer.Option("--quantize", metavar="int8", show_default="none",
-                                    help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation of the linear layers; STA scores stay float32).")
+        str | None,
+        typer.Option(
+            "--quantize",
+            metavar="int8",
+            show_default="none",
+            help="int8: also write model.int8.onnx (ONNX Runtime dynamic quantisation of the linear layers; STA scores stay float32).",
+        ),
     ] = None,
     max_accuracy_drop: Annotated[
-        Optional[float], typer.Option("--max-accuracy-drop", metavar="POINTS", show_default="2",
-                                      help="int8: fail past this drop of held-out top-1 vs float32 unpruned, in points (demo model only).")
+        float | None,
+        typer.Option(
+            "--max-accuracy-drop",
+            metavar="POINTS",
+            show_default="2",
+            help="int8: fail past this drop of held-out top-1 vs float32 unpruned, in points (demo model only).",
+        ),
     ] = None,
     accuracy_clips: Annotated[
-        Optional[int], typer.Option("--accuracy-clips", metavar="INT", show_default="256",
-                                    help="int8: held-out demo clips to measure top-1 on (0 skips).")
+        int | None,
+        typer.Option(
+            "--accuracy-clips",
+            metavar="INT",
+            show_default="256",
+            help="int8: held-out demo clips to measure top-1 on (0 skips).",
+        ),
     ] = None,
     r1: o.R1 = None,
     revision: o.Revision = None,
@@ -74,10 +124,27 @@ def export(
     try:
         with c.Steps(quiet=False) as log:
             report = run_export(
-                spec, format, out, r1=r1, opset=opset, batch=batch, fp16=fp16, device=device, atol=atol,
-                allow_mismatch=allow_mismatch, validate_outputs=not no_validate, clip=clip, force=force,
-                revision=revision, token=token, arch=arch, log=log, quantize=quantize, max_accuracy_drop=max_accuracy_drop,
-                accuracy_clips=accuracy_clips, **options,
+                spec,
+                format,
+                out,
+                r1=r1,
+                opset=opset,
+                batch=batch,
+                fp16=fp16,
+                device=device,
+                atol=atol,
+                allow_mismatch=allow_mismatch,
+                validate_outputs=not no_validate,
+                clip=clip,
+                force=force,
+                revision=revision,
+                token=token,
+                arch=arch,
+                log=log,
+                quantize=quantize,
+                max_accuracy_drop=max_accuracy_drop,
+                accuracy_clips=accuracy_clips,
+                **options,
             )
     except ValidationFailed as e:
         failed = getattr(e, "report", None)

@@ -11,8 +11,14 @@ from . import options as o
 def models(json: o.Json = False):
     """List model aliases with size, classes and where the weights come from."""
     rows = [
-        {"alias": a.name, "family": a.family, "size": a.size, "classes": a.classes, "dataset": a.dataset,
-         "source": str(a.path) if a.packaged else a.source}
+        {
+            "alias": a.name,
+            "family": a.family,
+            "size": a.size,
+            "classes": a.classes,
+            "dataset": a.dataset,
+            "source": str(a.path) if a.packaged else a.source,
+        }
         for a in ALIASES.values()
     ]
     if json:

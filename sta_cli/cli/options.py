@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,52 +24,117 @@ def _choices(values) -> str:
 # --- what to run on ------------------------------------------------------------------------------------
 
 ModelSpec = Annotated[
-    Optional[str],
-    typer.Option("--model", "-m", metavar="MODEL", show_default=False,
-                 help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact."),
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        show_default=False,
+        help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.",
+    ),
 ]
 R1 = Annotated[
-    Optional[int],
-    typer.Option("--r1", metavar="INT", show_default="an artifact's own r1, else the paper's 64 of 196 scaled to the model",
-                 help="Tokens dropped per frame at the first STA stage (0 = no pruning)."),
+    int | None,
+    typer.Option(
+        "--r1",
+        metavar="INT",
+        show_default="an artifact's own r1, else the paper's 64 of 196 scaled to the model",
+        help="Tokens dropped per frame at the first STA stage (0 = no pruning).",
+    ),
 ]
 Clip = Annotated[
-    Optional[Path],
-    typer.Option("--clip", metavar="CLIP", show_default="the demo's sample clip for the demo, else a synthetic clip",
-                 help="Video to validate on."),
+    Path | None,
+    typer.Option(
+        "--clip",
+        metavar="CLIP",
+        show_default="the demo's sample clip for the demo, else a synthetic clip",
+        help="Video to validate on.",
+    ),
 ]
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", help="Output folder.")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", metavar="FOLDER", help="Output folder.")]
 Force = Annotated[
     bool,
-    typer.Option("--force", show_default=False,
-                 help="Replace an existing output that sta wrote (never another folder, the current one or its parents)."),
+    typer.Option(
+        "--force",
+        show_default=False,
+        help="Replace an existing output that sta wrote (never another folder, the current one or its parents).",
+    ),
 ]
-Revision = Annotated[Optional[str], typer.Option("--revision", metavar="REV", show_default="main", help="Hub revision (branch, tag or commit).")]
-Token = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", show_default="the logged-in one", help="Hugging Face token.")]
-Json = Annotated[bool, typer.Option("--json", show_default=False, help="Print the result as one JSON object on stdout.")]
+Revision = Annotated[
+    str | None,
+    typer.Option("--revision", metavar="REV", show_default="main", help="Hub revision (branch, tag or commit)."),
+]
+Token = Annotated[
+    str | None, typer.Option("--token", metavar="TOKEN", show_default="the logged-in one", help="Hugging Face token.")
+]
+Json = Annotated[
+    bool, typer.Option("--json", show_default=False, help="Print the result as one JSON object on stdout.")
+]
 
 
 # --- the STA options -----------------------------------------------------------------------------------
 
 _STA_PARAMETERS = [
-    ("first_group", Optional[str], typer.Option(
-        "--first-group", metavar="NAME", show_default=f"{_D.first_group}, or an artifact's own",
-        help=f"Image-style drop on the first visited group: {_choices(FIRST_GROUP)}.")),
-    ("seed", Optional[int], typer.Option(
-        "--seed", metavar="INT", show_default=str(_D.seed),
-        help="Seed for --first-group random | grid and --score random.")),
-    ("order", Optional[str], typer.Option(
-        "--order", metavar="NAME", show_default=f"{_D.order}, or an artifact's own",
-        help=f"Group visiting order per stage (f: first to last, b: last to first): {_choices(ORDERS)}.")),
-    ("schedule", Optional[str], typer.Option(
-        "--schedule", metavar="NAME", show_default=f"{_D.schedule}, or an artifact's own",
-        help=f"Drops across stages: {_choices(SCHEDULES)}.")),
-    ("similarity", Optional[str], typer.Option(
-        "--similarity", metavar="NAME", show_default=f"{_D.similarity}, or an artifact's own",
-        help=f"Feature behind the token affinity: {_choices(SIMILARITIES)}.")),
-    ("score", Optional[str], typer.Option(
-        "--score", metavar="NAME", show_default=f"{_D.score}, or an artifact's own",
-        help=f"Pruning score: {_choices(SCORES)} (random: the paper's baseline).")),
+    (
+        "first_group",
+        str | None,
+        typer.Option(
+            "--first-group",
+            metavar="NAME",
+            show_default=f"{_D.first_group}, or an artifact's own",
+            help=f"Image-style drop on the first visited group: {_choices(FIRST_GROUP)}.",
+        ),
+    ),
+    (
+        "seed",
+        int | None,
+        typer.Option(
+            "--seed",
+            metavar="INT",
+            show_default=str(_D.seed),
+            help="Seed for --first-group random | grid and --score random.",
+        ),
+    ),
+    (
+        "order",
+        str | None,
+        typer.Option(
+            "--order",
+            metavar="NAME",
+            show_default=f"{_D.order}, or an artifact's own",
+            help=f"Group visiting order per stage (f: first to last, b: last to first): {_choices(ORDERS)}.",
+        ),
+    ),
+    (
+        "schedule",
+        str | None,
+        typer.Option(
+            "--schedule",
+            metavar="NAME",
+            show_default=f"{_D.schedule}, or an artifact's own",
+            help=f"Drops across stages: {_choices(SCHEDULES)}.",
+        ),
+    ),
+    (
+        "similarity",
+        str | None,
+        typer.Option(
+            "--similarity",
+            metavar="NAME",
+            show_default=f"{_D.similarity}, or an artifact's own",
+            help=f"Feature behind the token affinity: {_choices(SIMILARITIES)}.",
+        ),
+    ),
+    (
+        "score",
+        str | None,
+        typer.Option(
+            "--score",
+            metavar="NAME",
+            show_default=f"{_D.score}, or an artifact's own",
+            help=f"Pruning score: {_choices(SCORES)} (random: the paper's baseline).",
+        ),
+    ),
 ]
 STA_NAMES = [name for name, _, _ in _STA_PARAMETERS]
 
@@ -77,21 +142,56 @@ STA_NAMES = [name for name, _, _ in _STA_PARAMETERS]
 # --- what the weights cannot tell ----------------------------------------------------------------------
 
 _ARCH_PARAMETERS = [
-    ("num_heads", Optional[int], typer.Option(
-        "--num-heads", metavar="INT", show_default="the config's, else the released model's",
-        help="Attention heads (VideoMAE).")),
-    ("image_size", Optional[int], typer.Option(
-        "--image-size", metavar="PIXELS", show_default="the config's, else the released model's",
-        help="Input height = width.")),
-    ("num_frames", Optional[int], typer.Option(
-        "--num-frames", metavar="INT", show_default="the config's, else the released model's",
-        help="Frames per clip.")),
-    ("mean", Optional[str], typer.Option(
-        "--mean", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
-        help="Normalisation mean of [0, 1] pixels.")),
-    ("std", Optional[str], typer.Option(
-        "--std", metavar="R,G,B", show_default="the preprocessor config's, else ImageNet's for released models",
-        help="Normalisation std of [0, 1] pixels.")),
+    (
+        "num_heads",
+        int | None,
+        typer.Option(
+            "--num-heads",
+            metavar="INT",
+            show_default="the config's, else the released model's",
+            help="Attention heads (VideoMAE).",
+        ),
+    ),
+    (
+        "image_size",
+        int | None,
+        typer.Option(
+            "--image-size",
+            metavar="PIXELS",
+            show_default="the config's, else the released model's",
+            help="Input height = width.",
+        ),
+    ),
+    (
+        "num_frames",
+        int | None,
+        typer.Option(
+            "--num-frames",
+            metavar="INT",
+            show_default="the config's, else the released model's",
+            help="Frames per clip.",
+        ),
+    ),
+    (
+        "mean",
+        str | None,
+        typer.Option(
+            "--mean",
+            metavar="R,G,B",
+            show_default="the preprocessor config's, else ImageNet's for released models",
+            help="Normalisation mean of [0, 1] pixels.",
+        ),
+    ),
+    (
+        "std",
+        str | None,
+        typer.Option(
+            "--std",
+            metavar="R,G,B",
+            show_default="the preprocessor config's, else ImageNet's for released models",
+            help="Normalisation std of [0, 1] pixels.",
+        ),
+    ),
 ]
 
 

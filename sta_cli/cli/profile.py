@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,23 +15,73 @@ from . import options as o
 @o.arch_options
 @o.sta_options
 def profile(
-    clip: Annotated[Optional[Path], typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip).")] = None,
+    clip: Annotated[
+        Path | None,
+        typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip)."),
+    ] = None,
     model: Annotated[
-        Optional[str],
-        typer.Option("--model", "-m", metavar="MODEL", show_default="the artifact `sta prune` left here, else the packaged demo model",
-                     help="Artifact folder, alias, Hub repo id, local folder or weights file."),
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            show_default="the artifact `sta prune` left here, else the packaged demo model",
+            help="Artifact folder, alias, Hub repo id, local folder or weights file.",
+        ),
     ] = None,
     r1: o.R1 = None,
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", metavar="FILE", help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).")] = None,
+    onnx: Annotated[
+        Path | None,
+        typer.Option(
+            "--onnx",
+            metavar="FILE",
+            help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).",
+        ),
+    ] = None,
     batch: Annotated[int, typer.Option("--batch", metavar="INT", help="Clips per forward pass when timing.")] = 1,
-    views: Annotated[Optional[str], typer.Option("--views", metavar="TxS", help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.")] = None,
-    vis: Annotated[Optional[Path], typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG).")] = None,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", metavar="R1,R1,...", help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.")] = None,
-    sweep_png: Annotated[Optional[Path], typer.Option("--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png).")] = None,
-    runs: Annotated[Optional[int], typer.Option("--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
+    views: Annotated[
+        str | None,
+        typer.Option(
+            "--views",
+            metavar="TxS",
+            help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.",
+        ),
+    ] = None,
+    vis: Annotated[
+        Path | None,
+        typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG)."),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep",
+            metavar="R1,R1,...",
+            help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.",
+        ),
+    ] = None,
+    sweep_png: Annotated[
+        Path | None,
+        typer.Option(
+            "--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png)."
+        ),
+    ] = None,
+    runs: Annotated[
+        int | None,
+        typer.Option(
+            "--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu or cuda.")] = "cpu",
-    compile: Annotated[bool, typer.Option("--compile", help="Also time the model compiled with torch.compile (fullgraph), with its compile time.")] = False,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="Also time the model compiled with torch.compile (fullgraph), with its compile time."
+        ),
+    ] = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,
@@ -43,8 +93,21 @@ def profile(
 
     model = c.default_model("profile", model, demo=True)
     report = lib.profile(
-        clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
-        runs=runs, threads=threads, device=device, revision=revision, token=token, compile=compile,
+        clip,
+        model,
+        r1=r1,
+        onnx=onnx,
+        batch=batch,
+        views=views,
+        vis=vis,
+        sweep_r1=sweep,
+        sweep_png=sweep_png,
+        runs=runs,
+        threads=threads,
+        device=device,
+        revision=revision,
+        token=token,
+        compile=compile,
         arch=arch,
         log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
         note=lambda m: c.err.print(f"profile: {m}"),
@@ -71,8 +134,10 @@ def print_report(r: dict) -> None:
     clip = r["clip"]
     where = Path(clip["path"]).name if clip.get("path") else "synthetic clip"
     d = r["device"]
-    title = (f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {d['type']}, "
-             f"{d['torch_threads']} threads, batch {d['batch']}")
+    title = (
+        f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {d['type']}, "
+        f"{d['torch_threads']} threads, batch {d['batch']}"
+    )
     table = Table(show_header=True, header_style="bold", title=title)
     table.add_column("")
     table.add_column("unpruned", justify="right")
@@ -83,12 +148,17 @@ def print_report(r: dict) -> None:
     table.add_row("parameters", f"{u['params']:,}", f"{p['params']:,}")
     cut = 1 - p["gflops"] / u["gflops"] if u["gflops"] else 0.0
     table.add_row(FLOPS_LABEL, f"{u['gflops']:.3g}", f"{p['gflops']:.3g} (-{cut:.0%})")
-    table.add_row("tokens per stage", " -> ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"])))
+    table.add_row(
+        "tokens per stage", " -> ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"]))
+    )
     table.add_row(f"torch eager ({u['torch']['runs']} runs, median)", _timing(u["torch"]), _timing(p["torch"]))
     if u.get("torch_compiled"):
         table.add_row("torch compiled", _timing(u["torch_compiled"]), _timing(p["torch_compiled"]))
-        table.add_row("  compile time (first call)", f"{u['torch_compiled']['compile_seconds']:.1f} s",
-                      f"{p['torch_compiled']['compile_seconds']:.1f} s")
+        table.add_row(
+            "  compile time (first call)",
+            f"{u['torch_compiled']['compile_seconds']:.1f} s",
+            f"{p['torch_compiled']['compile_seconds']:.1f} s",
+        )
     if r["onnx"] is not None:
         note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
         table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
@@ -106,18 +176,35 @@ def print_report(r: dict) -> None:
         f"{overlap:.0%}, logit cosine {a['logit_cosine']:.4f}"
     )
     if r["onnx"] is not None and r["onnx"]["matches"] is None:
-        c.out.print(f"{r['onnx']['file']} matches neither model (max abs logit diff {r['onnx']['max_abs_diff']}); "
-                    f"ONNX Runtime: {_timing(r['onnx']['timing'])}")
+        c.out.print(
+            f"{r['onnx']['file']} matches neither model (max abs logit diff {r['onnx']['max_abs_diff']}); "
+            f"ONNX Runtime: {_timing(r['onnx']['timing'])}"
+        )
     if r["vis"]:
         c.out.print(f"kept tokens drawn to {r['vis']}")
     if r["sweep"]:
-        sweep = Table("r1", FLOPS_LABEL, "tokens", "STA top-1 agr.", "random top-1 agr.", "STA cosine", "random cosine",
-                      "clips/s", header_style="bold", title="r1 sweep (random: mean of 3 seeds)")
+        sweep = Table(
+            "r1",
+            FLOPS_LABEL,
+            "tokens",
+            "STA top-1 agr.",
+            "random top-1 agr.",
+            "STA cosine",
+            "random cosine",
+            "clips/s",
+            header_style="bold",
+            title="r1 sweep (random: mean of 3 seeds)",
+        )
         for row in r["sweep"]["rows"]:
             sweep.add_row(
-                str(row["r1"]), f"{row['gflops']:.3g}", " -> ".join(map(str, row["tokens_per_stage"])),
-                f"{row['sta']['top1_agreement']:.0%}", f"{row['random']['top1_agreement']:.0%}",
-                f"{row['sta']['logit_cosine']:.4f}", f"{row['random']['logit_cosine']:.4f}", f"{row['throughput']:.2f}",
+                str(row["r1"]),
+                f"{row['gflops']:.3g}",
+                " -> ".join(map(str, row["tokens_per_stage"])),
+                f"{row['sta']['top1_agreement']:.0%}",
+                f"{row['random']['top1_agreement']:.0%}",
+                f"{row['sta']['logit_cosine']:.4f}",
+                f"{row['random']['logit_cosine']:.4f}",
+                f"{row['throughput']:.2f}",
             )
         c.out.print(sweep)
         c.out.print(f"sweep plot written to {r['sweep']['png']}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,10 +17,21 @@ from . import options as o
 @o.arch_options
 @o.sta_options
 def prune(
-    model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL", show_default=False,
-                                       help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            show_default=False,
+            help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.",
+        ),
+    ],
     r1: o.R1 = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FOLDER", show_default="./<model>-sta-r<r1>", help="Output folder.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", metavar="FOLDER", show_default="./<model>-sta-r<r1>", help="Output folder."),
+    ] = None,
     clip: o.Clip = None,
     force: o.Force = False,
     revision: o.Revision = None,
@@ -31,7 +42,18 @@ def prune(
 ):
     """Prune a model with STA and write an artifact (weights, config, settings, report)."""
     with c.Steps(quiet=False) as log:
-        report = api.prune(model, r1, out, clip=clip, force=force, revision=revision, token=token, log=log, **arch.given(), **sta_options)
+        report = api.prune(
+            model,
+            r1,
+            out,
+            clip=clip,
+            force=force,
+            revision=revision,
+            token=token,
+            log=log,
+            **arch.given(),
+            **sta_options,
+        )
     if json:
         c.print_json(report)
         return
@@ -42,7 +64,9 @@ def print_summary(report: dict) -> None:
     from rich.table import Table
 
     g, v, t = report["gflops"], report["validation"], report["tokens"]
-    table = Table(show_header=True, header_style="bold", title=f"STA r1={report['sta']['r1']} on {report['source']['name']}")
+    table = Table(
+        show_header=True, header_style="bold", title=f"STA r1={report['sta']['r1']} on {report['source']['name']}"
+    )
     table.add_column("")
     table.add_column("unpruned", justify="right")
     table.add_column("pruned", justify="right")

@@ -84,8 +84,12 @@ def _background(rng: np.random.Generator, size: int, scale: float, clutter: floa
     g = np.clip(np.mgrid[0:size, 0:size] / size * 4, 0, 4 - 1e-6)
     i, j = g.astype(int)
     fy, fx = (g[0] - i)[..., None], (g[1] - j)[..., None]
-    img += clutter * (coarse[i, j] * (1 - fy) * (1 - fx) + coarse[i + 1, j] * fy * (1 - fx)
-            + coarse[i, j + 1] * (1 - fy) * fx + coarse[i + 1, j + 1] * fy * fx)
+    img += clutter * (
+        coarse[i, j] * (1 - fy) * (1 - fx)
+        + coarse[i + 1, j] * fy * (1 - fx)
+        + coarse[i, j + 1] * (1 - fy) * fx
+        + coarse[i + 1, j + 1] * fy * fx
+    )
     return img
 
 
@@ -107,7 +111,9 @@ def _place(rng, half, margin, avoid, min_dist):
     return p
 
 
-def render_clip(label: int, seed: int, num_frames: int = NUM_FRAMES, size: int = SIZE, clutter: float = 1.0) -> np.ndarray:
+def render_clip(
+    label: int, seed: int, num_frames: int = NUM_FRAMES, size: int = SIZE, clutter: float = 1.0
+) -> np.ndarray:
     """The clip of class `label` for `seed`: (num_frames, size, size, 3) uint8 RGB. Deterministic.
 
     `clutter` < 1 flattens the background texture and drops distractors (a training curriculum:

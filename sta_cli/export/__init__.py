@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..log import Log, quiet
 from ..errors import StaError, ValidationFailed
 from ..io import artifact as art
 from ..io import outputs
 from ..io.artifact import model_config
 from ..io.checkpoints import resolve
+from ..log import Log, quiet
 from ..models import build_from_source
 from ..pruning import STAConfig
 from ..runtime.loading import default_output, sample_clip, task_sta
@@ -43,8 +43,6 @@ DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
 DEFAULT_ATOL_FP16 = 5e-2  # fp16 keeps ~3 significant digits; fp16 vs fp32 measured 0.015-0.036 on ViT-S r1=64
 ARTIFACT_FILES = ("config.json", "sta.json", "model.safetensors")
-
-
 
 
 def _first_line(e: Exception) -> str:
@@ -157,8 +155,10 @@ def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force
             raise StaError(f"{out} is another sta artifact: export it with `sta export {out}`, or choose another -o")
         return out, "new"
     config = _read_config(out) or {}
-    if config.get("model") == model.cfg.to_dict() and config.get("sta", {}).get("r1") == model.sta.r1 and all(
-        config.get("sta", {}).get(k) == v for k, v in model.sta.to_dict().items()
+    if (
+        config.get("model") == model.cfg.to_dict()
+        and config.get("sta", {}).get("r1") == model.sta.r1
+        and all(config.get("sta", {}).get(k) == v for k, v in model.sta.to_dict().items())
     ):
         return out, "into"
     if not force:
@@ -175,7 +175,11 @@ def replaced_note(folder: Path, format: str) -> str | None:
     old = ((_read_config(folder) or {}).get("exports") or {}).get(format)
     if not (folder / FORMATS[format]).exists():
         return None
-    what = f"{old.get('dtype', '?')}, batch {old.get('batch', '?')}, sta {old.get('sta_version', '?')}" if old else "not recorded"
+    what = (
+        f"{old.get('dtype', '?')}, batch {old.get('batch', '?')}, sta {old.get('sta_version', '?')}"
+        if old
+        else "not recorded"
+    )
     return f"replacing {folder / FORMATS[format]} ({what})"
 
 
@@ -186,7 +190,7 @@ def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, cl
     if batch is not None and batch != x.shape[0]:
         x = x.repeat(batch, *([1] * (x.dim() - 1)))
     cases = [Case(f"{name} (batch {x.shape[0]})", x.to(dtype))]
-    for b in ([1, 3] if batch is None else [batch]):
+    for b in [1, 3] if batch is None else [batch]:
         cases.append(Case(f"random batch of {b}", example_input(model, b, dtype, seed=100 + b)))
     return cases
 
@@ -269,12 +273,16 @@ def export(
         if format == "onnx":
             from . import onnx as onnx_export
 
-            log(f"exporting ONNX (opset {opset}, {'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''})")
+            log(
+                f"exporting ONNX (opset {opset}, {'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''})"
+            )
             onnx_export.export_onnx(
                 exported, path, opset=opset, batch=batch, metadata=onnx_export.metadata_props(model, settings, spec)
             )
             report["opset"] = opset
-            report["exporter"] = f"torch.onnx.export(dynamo=True) (torch {torch.__version__}, onnxscript {_version('onnxscript')})"
+            report["exporter"] = (
+                f"torch.onnx.export(dynamo=True) (torch {torch.__version__}, onnxscript {_version('onnxscript')})"
+            )
             log("checking the graph (onnx.checker, shape inference)")
             graph = onnx_export.graph_report(path, model, batch)
             report["graph"] = graph
@@ -290,12 +298,16 @@ def export(
 
             exported = exported.to(dev)
             if format == "torchscript":
-                log(f"tracing TorchScript ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})")
+                log(
+                    f"tracing TorchScript ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})"
+                )
                 info = ts.export_torchscript(exported, path, batch=batch, config=config)
                 report["exporter"] = f"torch.jit.trace (torch {torch.__version__})"
                 loaded = ts.load_torchscript(path, dev)
             else:
-                log(f"torch.export ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})")
+                log(
+                    f"torch.export ({'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''}, {dev})"
+                )
                 info = ts.export_pt2(exported, path, batch=batch, config=config)
                 report["exporter"] = f"torch.export (torch {torch.__version__})"
                 loaded = ts.load_pt2(path)
@@ -317,7 +329,13 @@ def export(
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
             result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
         else:
-            result = {"atol": atol, "max_abs_diff": None, "cases": [], "checks": [c.__dict__ for c in extra], "skipped": True}
+            result = {
+                "atol": atol,
+                "max_abs_diff": None,
+                "cases": [],
+                "checks": [c.__dict__ for c in extra],
+                "skipped": True,
+            }
         report["seconds_validation"] = round(time.perf_counter() - t0, 2)
         report["validation"] = result
         report["notes"] = notes
@@ -341,10 +359,19 @@ def export(
             "sta_version": __version__,
         }
         if quantize:
-            entries["onnx_int8"] = add_int8(report, path, model, ref_run, cases[0] if cases else None, names, batch,
-                                            DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
-                                            DEFAULT_ACCURACY_CLIPS if accuracy_clips is None else accuracy_clips,
-                                            allow_mismatch, log)
+            entries["onnx_int8"] = add_int8(
+                report,
+                path,
+                model,
+                ref_run,
+                cases[0] if cases else None,
+                names,
+                batch,
+                DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,
+                DEFAULT_ACCURACY_CLIPS if accuracy_clips is None else accuracy_clips,
+                allow_mismatch,
+                log,
+            )
     report["output"] = str(folder)
     report["files"] = {"model": str(folder / filename), "config": str(folder / "config.json")}
     if (folder / (filename + ".data")).exists() and format == "onnx":
@@ -367,14 +394,26 @@ def write_records(tmp: Path, folder: Path, config: dict, entries: dict[str, dict
     art.write_manifest(tmp, kind, new, {k: v for k, v in old.items() if k not in new})
 
 
-def add_int8(report: dict, path: Path, model, reference, case, names, batch, max_drop: float, clips: int,
-             allow_mismatch: bool, log: Log) -> dict:
+def add_int8(
+    report: dict,
+    path: Path,
+    model,
+    reference,
+    case,
+    names,
+    batch,
+    max_drop: float,
+    clips: int,
+    allow_mismatch: bool,
+    log: Log,
+) -> dict:
     """model.int8.onnx beside `path`, validated; its checks join the report's block. Returns its
     config.json entry."""
     entry, result, runtime = write_int8(path, model, reference, case, names, batch, max_drop, clips, log)
     report["int8"] = {**entry, "runtime": runtime, "validation": result}
     report["validation_block"] += format_block(
-        result, f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report['reference']}..."
+        result,
+        f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report['reference']}...",
     )
     try:
         enforce(result, allow_mismatch)
@@ -397,7 +436,9 @@ def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
     # One kept_positions output per STA stage: an unpruned model has none, even where (Video Swin)
     # its token count changes from stage to stage by patch merging.
     planned = [s.tokens_out for s in model.stages]
-    outputs_static = all(graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned))
+    outputs_static = all(
+        graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned)
+    )
     # Every tensor numeric once the batch is fixed, and the kept_positions outputs declare the planned counts.
     static = not graph["not_static"] and outputs_static
     detail = " -> ".join(map(str, expected))

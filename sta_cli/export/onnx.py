@@ -23,7 +23,6 @@ import torch.nn as nn
 
 from ..errors import StaError
 from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
-from ..runtime.ort import session as ort_session  # export validation runs its graphs on this
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
@@ -46,7 +45,11 @@ def _sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
     from onnxscript import opset18 as op
 
     n = self.shape[dim]
-    k = op.Constant(value_ints=[n]) if isinstance(n, int) else op.Shape(self, start=dim, end=dim + 1 if dim != -1 else None)
+    k = (
+        op.Constant(value_ints=[n])
+        if isinstance(n, int)
+        else op.Shape(self, start=dim, end=dim + 1 if dim != -1 else None)
+    )
     return op.TopK(self, k, axis=dim, largest=descending, sorted=True)
 
 
@@ -153,7 +156,6 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
         "token_counts": sorted(token_counts, reverse=True),
         "outputs": outputs,
     }
-
 
 
 def run_session(session, x: torch.Tensor) -> list[torch.Tensor]:

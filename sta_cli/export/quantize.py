@@ -20,9 +20,9 @@ import collections
 import copy
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,8 +38,13 @@ LINEAR_OPS = ("MatMul", "Gemm")
 INT8_OPS = ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")
 
 
-def check_quantize(quantize: str | None, format: str, fp16: bool, max_accuracy_drop: float | None = None,
-                   accuracy_clips: int | None = None) -> None:
+def check_quantize(
+    quantize: str | None,
+    format: str,
+    fp16: bool,
+    max_accuracy_drop: float | None = None,
+    accuracy_clips: int | None = None,
+) -> None:
     if quantize is None:
         if max_accuracy_drop is not None or accuracy_clips is not None:
             raise StaError("--max-accuracy-drop and --accuracy-clips apply to --quantize int8")
@@ -100,11 +105,18 @@ def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
     quiet.setLevel(logging.ERROR)
     try:
         quantize_dynamic(
-            str(src), str(dst), op_types_to_quantize=list(LINEAR_OPS), nodes_to_quantize=linear,
-            per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=large,
+            str(src),
+            str(dst),
+            op_types_to_quantize=list(LINEAR_OPS),
+            nodes_to_quantize=linear,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=large,
         )
     except Exception as e:  # the quantiser raises plain Exceptions and onnx errors
-        raise StaError(f"int8 quantisation failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+        raise StaError(
+            f"int8 quantisation failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from e
     finally:
         quiet.setLevel(level)
     ops = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
@@ -123,8 +135,13 @@ def int8_graph_checks(path: Path, report: QuantizeReport) -> list[Check]:
     float_left = sum(1 for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in constants)
     scores_float = float_left == report.float_matmuls
     return [
-        Check(f"int8: {report.quantized} of {report.linear_layers} linear layers quantised, weights only", weights_only and report.quantized > 0),
-        Check(f"int8: {float_left} activation x activation MatMuls (attention, STA scores) still float32", scores_float),
+        Check(
+            f"int8: {report.quantized} of {report.linear_layers} linear layers quantised, weights only",
+            weights_only and report.quantized > 0,
+        ),
+        Check(
+            f"int8: {float_left} activation x activation MatMuls (attention, STA scores) still float32", scores_float
+        ),
     ]
 
 
@@ -135,23 +152,42 @@ DEFAULT_MAX_ACCURACY_DROP = 2.0  # percentage points of held-out top-1, int8+STA
 DEFAULT_ACCURACY_CLIPS = 256
 
 
-def int8_case_checks(case: Case, names: list[str], ours: list[torch.Tensor], ref: list[torch.Tensor],
-                     scores: list[StageScores]) -> tuple[list[Check], float | None]:
+def int8_case_checks(
+    case: Case, names: list[str], ours: list[torch.Tensor], ref: list[torch.Tensor], scores: list[StageScores]
+) -> tuple[list[Check], float | None]:
     """Shapes, kept positions (overlap reported, near-tie rule at int8's tolerance), top-1, logit cosine."""
-    checks = [Check(f"{n}: {tuple(o.shape)} {'matches' if o.shape == r.shape else 'does not match'} {tuple(r.shape)}", o.shape == r.shape, "error", case.label)
-              for n, o, r in zip(names, ours, ref)]
+    checks = [
+        Check(
+            f"{n}: {tuple(o.shape)} {'matches' if o.shape == r.shape else 'does not match'} {tuple(r.shape)}",
+            o.shape == r.shape,
+            "error",
+            case.label,
+        )
+        for n, o, r in zip(names, ours, ref)
+    ]
     if not all(c.ok for c in checks):
         return checks, None
     kept_o, kept_r = [o.long().cpu() for o in ours[1:]], [r.long().cpu() for r in ref[1:]]
     if kept_o:
-        overlap = ", ".join(f"stage {s + 1}: {100 * _set_overlap(o, r):.1f}%" for s, (o, r) in enumerate(zip(kept_o, kept_r)))
+        overlap = ", ".join(
+            f"stage {s + 1}: {100 * _set_overlap(o, r):.1f}%" for s, (o, r) in enumerate(zip(kept_o, kept_r))
+        )
         checks.append(Check(f"kept-set overlap with float32 PyTorch ({overlap})", True, "error", case.label))
         checks += [replace(c, case=case.label) for c in near_tie_check(kept_o, kept_r, scores, TIE_TOL["int8"])]
     logits_o, logits_r = ours[0].float().cpu(), ref[0].float().cpu()
     same = torch.equal(logits_o.argmax(-1), logits_r.argmax(-1))
-    checks.append(Check(f"top-1 {'identical to' if same else 'differs from'} float32 PyTorch", same, "mismatch", case.label))
+    checks.append(
+        Check(f"top-1 {'identical to' if same else 'differs from'} float32 PyTorch", same, "mismatch", case.label)
+    )
     cosine = float(F.cosine_similarity(logits_o, logits_r, dim=-1).min())
-    checks.append(Check(f"logit cosine with float32 PyTorch {cosine:.5f} (at least {MIN_COSINE})", cosine >= MIN_COSINE, "mismatch", case.label))
+    checks.append(
+        Check(
+            f"logit cosine with float32 PyTorch {cosine:.5f} (at least {MIN_COSINE})",
+            cosine >= MIN_COSINE,
+            "mismatch",
+            case.label,
+        )
+    )
     return checks, cosine
 
 
@@ -166,7 +202,9 @@ def is_demo(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def heldout_accuracy(run: Callable[[torch.Tensor], list[torch.Tensor]], model: nn.Module, clips: int, batch: int | None) -> dict:
+def heldout_accuracy(
+    run: Callable[[torch.Tensor], list[torch.Tensor]], model: nn.Module, clips: int, batch: int | None
+) -> dict:
     """Top-1 (%) on the demo's held-out test clips: the int8 graph (with STA) vs float32 unpruned PyTorch."""
     from ..demo import clips_to_input, make_dataset
     from ..pruning import STAConfig
@@ -180,11 +218,27 @@ def heldout_accuracy(run: Callable[[torch.Tensor], list[torch.Tensor]], model: n
     ref = torch.cat([unpruned(x[i : i + chunk]).argmax(-1) for i in range(0, clips, chunk)])
     ours = torch.cat([run(x[i : i + chunk])[0].argmax(-1) for i in range(0, clips, chunk)])
     acc_ref, acc_ours = 100 * (ref == labels).float().mean().item(), 100 * (ours == labels).float().mean().item()
-    return {"clips": clips, "float32_unpruned": round(acc_ref, 2), "int8_sta": round(acc_ours, 2), "drop": round(acc_ref - acc_ours, 2)}
+    return {
+        "clips": clips,
+        "float32_unpruned": round(acc_ref, 2),
+        "int8_sta": round(acc_ours, 2),
+        "drop": round(acc_ref - acc_ours, 2),
+    }
 
 
-def validate_int8(run, reference, case: Case, names: list[str], model: nn.Module, extra: list[Check], *,
-                  max_accuracy_drop: float, accuracy_clips: int, batch: int | None, log) -> dict:
+def validate_int8(
+    run,
+    reference,
+    case: Case,
+    names: list[str],
+    model: nn.Module,
+    extra: list[Check],
+    *,
+    max_accuracy_drop: float,
+    accuracy_clips: int,
+    batch: int | None,
+    log,
+) -> dict:
     """All int8 checks, in validate()'s result format (enforce / format_block read it)."""
     checks = list(extra)
     with recording_scores() as record:
@@ -196,15 +250,37 @@ def validate_int8(run, reference, case: Case, names: list[str], model: nn.Module
         log(f"int8: top-1 on {accuracy_clips} held-out demo clips (int8 + STA vs float32 unpruned)")
         accuracy = heldout_accuracy(run, model, accuracy_clips, batch)
         ok = accuracy["drop"] <= max_accuracy_drop
-        checks.append(Check(
-            f"held-out top-1 on {accuracy['clips']} demo clips: int8 + STA {accuracy['int8_sta']:.2f}%, float32 unpruned "
-            f"{accuracy['float32_unpruned']:.2f}% (drop {accuracy['drop']:+.2f} points, at most {max_accuracy_drop:g})", ok, "error", "held-out clips"))
-    return {"tie_tol": TIE_TOL["int8"], "min_cosine": MIN_COSINE, "logit_cosine": cosine, "cases": [case.label], "accuracy": accuracy,
-            "max_accuracy_drop": max_accuracy_drop, "checks": [asdict(c) for c in checks]}
+        checks.append(
+            Check(
+                f"held-out top-1 on {accuracy['clips']} demo clips: int8 + STA {accuracy['int8_sta']:.2f}%, float32 unpruned "
+                f"{accuracy['float32_unpruned']:.2f}% (drop {accuracy['drop']:+.2f} points, at most {max_accuracy_drop:g})",
+                ok,
+                "error",
+                "held-out clips",
+            )
+        )
+    return {
+        "tie_tol": TIE_TOL["int8"],
+        "min_cosine": MIN_COSINE,
+        "logit_cosine": cosine,
+        "cases": [case.label],
+        "accuracy": accuracy,
+        "max_accuracy_drop": max_accuracy_drop,
+        "checks": [asdict(c) for c in checks],
+    }
 
 
-def write_int8(src: Path, model: nn.Module, reference, case: Case | None, names: list[str], batch: int | None,
-               max_accuracy_drop: float, accuracy_clips: int, log) -> tuple[dict, dict, str]:
+def write_int8(
+    src: Path,
+    model: nn.Module,
+    reference,
+    case: Case | None,
+    names: list[str],
+    batch: int | None,
+    max_accuracy_drop: float,
+    accuracy_clips: int,
+    log,
+) -> tuple[dict, dict, str]:
     """Quantise `src` into model.int8.onnx beside it and validate it (case None: graph checks only).
     -> (config entry, validation result, runtime description)."""
     import onnxruntime
@@ -222,11 +298,25 @@ def write_int8(src: Path, model: nn.Module, reference, case: Case | None, names:
         result = {"cases": [], "checks": [asdict(c) for c in extra], "skipped": True, "accuracy": None}
     else:
         log(f"validating {INT8_FILE} against PyTorch float32 eager ({runtime})")
-        result = validate_int8(run, reference, case, names, model, extra, max_accuracy_drop=max_accuracy_drop,
-                               accuracy_clips=accuracy_clips, batch=batch, log=log)
+        result = validate_int8(
+            run,
+            reference,
+            case,
+            names,
+            model,
+            extra,
+            max_accuracy_drop=max_accuracy_drop,
+            accuracy_clips=accuracy_clips,
+            batch=batch,
+            log=log,
+        )
     entry = {
-        "file": INT8_FILE, "dtype": "int8 linear layers, float32 activations and STA scores", "batch": batch or "dynamic",
-        "quantization": {k: v for k, v in asdict(info).items() if k != "file"}, "validated": case is not None,
-        "logit_cosine": result.get("logit_cosine"), "accuracy": result.get("accuracy"),
+        "file": INT8_FILE,
+        "dtype": "int8 linear layers, float32 activations and STA scores",
+        "batch": batch or "dynamic",
+        "quantization": {k: v for k, v in asdict(info).items() if k != "file"},
+        "validated": case is not None,
+        "logit_cosine": result.get("logit_cosine"),
+        "accuracy": result.get("accuracy"),
     }
     return entry, result, runtime

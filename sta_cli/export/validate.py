@@ -18,9 +18,9 @@ fails. The scores come from the reference run (`pruning.sta.score_record`); see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 
@@ -53,12 +53,26 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
 
 
-def compare_case(case: Case, names: list[str], ours: list[torch.Tensor], ref: list[torch.Tensor], atol: float,
-                 scores: list[StageScores], tie_tol: float) -> tuple[list[Check], float]:
+def compare_case(
+    case: Case,
+    names: list[str],
+    ours: list[torch.Tensor],
+    ref: list[torch.Tensor],
+    atol: float,
+    scores: list[StageScores],
+    tie_tol: float,
+) -> tuple[list[Check], float]:
     checks = []
     for name, o, r in zip(names, ours, ref):
         same = tuple(o.shape) == tuple(r.shape)
-        checks.append(Check(f"{name}: {tuple(o.shape)} {'matches' if same else 'does not match'} {tuple(r.shape)}", same, "error", case.label))
+        checks.append(
+            Check(
+                f"{name}: {tuple(o.shape)} {'matches' if same else 'does not match'} {tuple(r.shape)}",
+                same,
+                "error",
+                case.label,
+            )
+        )
     if not all(c.ok for c in checks):
         return checks, float("nan")
     kept_o, kept_r = [o.long().cpu() for o in ours[1:]], [r.long().cpu() for r in ref[1:]]
@@ -69,7 +83,14 @@ def compare_case(case: Case, names: list[str], ours: list[torch.Tensor], ref: li
     checks.append(Check(f"top-1 {'identical' if same_top1 else 'differs'}", same_top1, "mismatch", case.label))
     diff = _max_abs(logits_o.cpu(), logits_r.cpu())
     close = diff <= atol
-    checks.append(Check(f"{'all values close' if close else 'values not close'} (atol: {atol:g}, max abs diff: {diff:.3g})", close, "mismatch", case.label))
+    checks.append(
+        Check(
+            f"{'all values close' if close else 'values not close'} (atol: {atol:g}, max abs diff: {diff:.3g})",
+            close,
+            "mismatch",
+            case.label,
+        )
+    )
     return checks, diff
 
 
@@ -133,7 +154,9 @@ def _where(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return torch.where(hit.any(1), hit.long().argmax(1), -1)
 
 
-def _group_problem(io: torch.Tensor, ir: torch.Tensor, keys: torch.Tensor, members: torch.Tensor, tol: float, pos: torch.Tensor) -> tuple[str, int, int]:
+def _group_problem(
+    io: torch.Tensor, ir: torch.Tensor, keys: torch.Tensor, members: torch.Tensor, tol: float, pos: torch.Tensor
+) -> tuple[str, int, int]:
     """Judge one group: io / ir the graph's / PyTorch's kept tokens (indices into the stage's
     tokens, in output order), members all the group's tokens. -> (problem, swapped, reordered)."""
     kept = torch.isin(members, io)
@@ -145,15 +168,27 @@ def _group_problem(io: torch.Tensor, ir: torch.Tensor, keys: torch.Tensor, membe
         k_in, k_out = keys[members[kept & ~structural]], keys[members[~kept & ~structural]]
         if k_in.numel() and k_out.numel() and k_in.max() > k_out.min() + tol:
             a, b = members[kept & ~structural][k_in.argmax()], members[~kept & ~structural][k_out.argmin()]
-            return (f"kept token {int(pos[a])} (score {float(keys[a]):.6g}) and dropped token {int(pos[b])} "
-                    f"(score {float(keys[b]):.6g})"), 0, 0
+            return (
+                (
+                    f"kept token {int(pos[a])} (score {float(keys[a]):.6g}) and dropped token {int(pos[b])} "
+                    f"(score {float(keys[b]):.6g})"
+                ),
+                0,
+                0,
+            )
     co, cr = io[torch.isin(io, ir)], ir[torch.isin(ir, io)]
     diff = (co != cr).nonzero().flatten()
     gaps = (keys[co[diff]] - keys[cr[diff]]).abs()
     if diff.numel() and not bool((gaps <= tol).all()):  # NaN gaps (structural places) fail too
         i = int(diff[(~(gaps <= tol)).nonzero()[0]])
-        return (f"token {int(pos[co[i]])} (score {float(keys[co[i]]):.6g}) is where PyTorch has token "
-                f"{int(pos[cr[i]])} (score {float(keys[cr[i]]):.6g})"), 0, 0
+        return (
+            (
+                f"token {int(pos[co[i]])} (score {float(keys[co[i]]):.6g}) is where PyTorch has token "
+                f"{int(pos[cr[i]])} (score {float(keys[cr[i]]):.6g})"
+            ),
+            0,
+            0,
+        )
     return "", swapped, int(diff.numel())
 
 
@@ -178,7 +213,9 @@ def judge_stage(ours: torch.Tensor, ref: torch.Tensor, sc: StageScores, b: int, 
     return verdict
 
 
-def near_tie_check(kept_o: list[torch.Tensor], kept_r: list[torch.Tensor], scores: list[StageScores], tie_tol: float) -> list[Check]:
+def near_tie_check(
+    kept_o: list[torch.Tensor], kept_r: list[torch.Tensor], scores: list[StageScores], tie_tol: float
+) -> list[Check]:
     """Checks for the kept positions of one case: identical, equal up to near ties, or different.
 
     Only a stage whose input matched PyTorch's is judged: after a near-tie swap, later stages rank
@@ -187,7 +224,9 @@ def near_tie_check(kept_o: list[torch.Tensor], kept_r: list[torch.Tensor], score
     if all(torch.equal(o, r) for o, r in zip(kept_o, kept_r)):
         return [Check(f"kept positions identical ({len(kept_o)} stages, {tokens} tokens)", True)]
     if len(scores) != len(kept_o):
-        return [Check(f"kept positions differ ({_overlaps(kept_o, kept_r)}; no PyTorch scores to judge near ties)", False)]
+        return [
+            Check(f"kept positions differ ({_overlaps(kept_o, kept_r)}; no PyTorch scores to judge near ties)", False)
+        ]
     swapped, reordered, after = [0] * len(kept_o), [0] * len(kept_o), set()
     upstream: dict[int, int] = {}  # sample -> first stage where it differed
     for s, (o, r) in enumerate(zip(kept_o, kept_r)):
@@ -199,14 +238,35 @@ def near_tie_check(kept_o: list[torch.Tensor], kept_r: list[torch.Tensor], score
                 continue
             v = judge_stage(o[b], r[b], scores[s], b, tie_tol)
             if v.problem:
-                return [Check(f"kept positions differ beyond near ties (stage {s + 1}, sample {b + 1}, {v.problem}; "
-                              f"tie tolerance {tie_tol:g} of the group's largest score; {_overlaps(kept_o, kept_r)})", False)]
+                return [
+                    Check(
+                        f"kept positions differ beyond near ties (stage {s + 1}, sample {b + 1}, {v.problem}; "
+                        f"tie tolerance {tie_tol:g} of the group's largest score; {_overlaps(kept_o, kept_r)})",
+                        False,
+                    )
+                ]
             swapped[s], reordered[s], upstream[b] = swapped[s] + v.swapped, reordered[s] + v.reordered, s
-    detail = ", ".join(f"stage {s + 1}: {w} token(s) swapped in/out, {q} in another order" for s, (w, q) in enumerate(zip(swapped, reordered)) if w or q)
-    checks = [Check(f"kept positions equal up to near ties ({detail}; scores within {tie_tol:g} of the group's largest)", True)]
+    detail = ", ".join(
+        f"stage {s + 1}: {w} token(s) swapped in/out, {q} in another order"
+        for s, (w, q) in enumerate(zip(swapped, reordered))
+        if w or q
+    )
+    checks = [
+        Check(
+            f"kept positions equal up to near ties ({detail}; scores within {tie_tol:g} of the group's largest)", True
+        )
+    ]
     if after:
-        later = ", ".join(f"stage {s + 1}: {100 * _set_overlap(kept_o[s], kept_r[s]):.1f}% same set" for s in sorted(after))
-        checks.append(Check(f"kept positions after a near-tie swap differ ({later}): not judged, the graph ranked other tokens than PyTorch", False, "warning"))
+        later = ", ".join(
+            f"stage {s + 1}: {100 * _set_overlap(kept_o[s], kept_r[s]):.1f}% same set" for s in sorted(after)
+        )
+        checks.append(
+            Check(
+                f"kept positions after a near-tie swap differ ({later}): not judged, the graph ranked other tokens than PyTorch",
+                False,
+                "warning",
+            )
+        )
     return checks
 
 
@@ -244,7 +304,14 @@ def validate(
     for case in cases:
         ours = run(case.x)
         if len(ours) != len(names):
-            checks.append(Check(f"returns {len(ours)} outputs, expected {len(names)} ({', '.join(names)})", False, "error", case.label))
+            checks.append(
+                Check(
+                    f"returns {len(ours)} outputs, expected {len(names)} ({', '.join(names)})",
+                    False,
+                    "error",
+                    case.label,
+                )
+            )
             break
         with recording_scores() as record:
             ref = reference(case.x)

@@ -41,7 +41,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def sta_kind(folder: Path) -> str | None:
-    """"sta-artifact" or "sta-export" if sta wrote `folder` (its manifest, or an sta 0.1 config.json), else None."""
+    """ "sta-artifact" or "sta-export" if sta wrote `folder` (its manifest, or an sta 0.1 config.json), else None."""
     folder = Path(folder)
     if is_tmp(folder) or not folder.is_dir():
         return None
@@ -88,7 +88,9 @@ def write_manifest(tmp: Path, kind: str, names: list[str], keep: dict | None = N
     already published beside it."""
     files = dict(keep or {})
     files.update({name: file_record(tmp / name) for name in names if (tmp / name).is_file()})
-    write_json(tmp / MANIFEST, {"format": kind, "format_version": FORMAT_VERSION, "sta_version": __version__, "files": files})
+    write_json(
+        tmp / MANIFEST, {"format": kind, "format_version": FORMAT_VERSION, "sta_version": __version__, "files": files}
+    )
 
 
 def verify(folder: Path, names: list[str] | None = None) -> None:
@@ -109,7 +111,9 @@ def verify(folder: Path, names: list[str] | None = None) -> None:
             raise StaError(f"{path} is missing: the artifact is incomplete (re-run sta prune)")
         expected = files[name]
         if path.stat().st_size != expected.get("bytes") or file_record(path)["sha256"] != expected.get("sha256"):
-            raise StaError(f"{path} does not match the checksum sta recorded when it wrote it: the file was changed or damaged")
+            raise StaError(
+                f"{path} does not match the checksum sta recorded when it wrote it: the file was changed or damaged"
+            )
 
 
 def check_complete(folder: Path) -> None:

@@ -26,7 +26,12 @@ from . import artifact
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 # Looked up in this order in a folder or a Hub repo.
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -191,14 +196,18 @@ def hub_source(repo_id: str, spec: str, revision: str | None = None, token: str 
     weights = _hub_weights(fetch, repo_id, where)
     missing = ([] if config else ["config.json"]) + ([] if weights else ["model.safetensors or pytorch_model.bin"])
     if missing and unreachable:
-        raise StaError(f"the Hub is unreachable ({unreachable}) and {repo_id} is not in the local cache; "
-                       "connect to the network, or set HF_HUB_OFFLINE=1 to use the local cache only")
+        raise StaError(
+            f"the Hub is unreachable ({unreachable}) and {repo_id} is not in the local cache; "
+            "connect to the network, or set HF_HUB_OFFLINE=1 to use the local cache only"
+        )
     if missing:
         hint = " (download it once with network access: hf download " + repo_id + ")" if offline else ""
         raise StaError(f"{repo_id}: {' and '.join(missing)} not found {where}{hint}")
     if unreachable:
-        log.warning(f"the Hub is unreachable ({unreachable}): using {repo_id} from the local cache "
-                    "(set HF_HUB_OFFLINE=1 to skip this check)")
+        log.warning(
+            f"the Hub is unreachable ({unreachable}): using {repo_id} from the local cache "
+            "(set HF_HUB_OFFLINE=1 to skip this check)"
+        )
     pre = fetch("preprocessor_config.json")
     return Source(
         spec=spec,
@@ -231,9 +240,14 @@ def url_source(url: str, spec: str) -> Source:
     name = url.rsplit("/", 1)[-1]
     path = cache_dir() / name
     if not path.is_file():
-        offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("STA_OFFLINE", "HF_HUB_OFFLINE"))
+        offline = any(
+            os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+            for v in ("STA_OFFLINE", "HF_HUB_OFFLINE")
+        )
         if offline:
-            raise StaError(f"{name} is not in the cache ({path.parent}) and downloads are off (STA_OFFLINE/HF_HUB_OFFLINE); fetch {url} into it")
+            raise StaError(
+                f"{name} is not in the cache ({path.parent}) and downloads are off (STA_OFFLINE/HF_HUB_OFFLINE); fetch {url} into it"
+            )
         m = _SHA_PREFIX.search(name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,11 +257,15 @@ def url_source(url: str, spec: str) -> Source:
             raise StaError(f"download of {url} is corrupt: {str(e).strip().splitlines()[0]}") from None
         except (URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-            raise StaError(f"{name} is not in the cache ({path.parent}) and cannot be downloaded from {url}: {reason}") from None
+            raise StaError(
+                f"{name} is not in the cache ({path.parent}) and cannot be downloaded from {url}: {reason}"
+            ) from None
     return Source(spec=spec, name=path.stem, weights=[path])
 
 
-def resolve(spec: str, revision: str | None = None, token: str | bool | None = None, arch: ArchOverrides | None = None) -> Source:
+def resolve(
+    spec: str, revision: str | None = None, token: str | bool | None = None, arch: ArchOverrides | None = None
+) -> Source:
     """alias | local folder or file | Hub repo id -> Source; `arch` (explicit input size, heads,
     normalisation) travels with it to the builder."""
     source = _resolve(spec, revision, token)
@@ -269,7 +287,7 @@ def _resolve(spec: str, revision: str | None, token: str | bool | None) -> Sourc
     path = Path(spec).expanduser()
     if path.exists():
         return local_source(path, spec)
-    if _REPO_ID.match(spec) and not spec.startswith((".", "/")) and not path.suffix in WEIGHT_SUFFIXES:
+    if _REPO_ID.match(spec) and not spec.startswith((".", "/")) and path.suffix not in WEIGHT_SUFFIXES:
         return hub_source(spec, spec, revision, token)
     raise StaError(f"unknown model {spec!r}: not an alias (see `sta models`), an existing path, or a Hub repo id")
 
@@ -316,7 +334,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise StaError(f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}") from None
+            raise StaError(
+                f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}"
+            ) from None
     if not _looks_like_torch_file(path):
         raise StaError(f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors")
     try:
@@ -327,14 +347,20 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         text = _ANSI.sub("", str(e))
         if m := _UNSAFE_GLOBAL.search(text):
-            raise StaError(f"{path} is not plain weights: it holds a Python object ({m.group(1)}) whose unpickling "
-                           "could run code; refusing to load it") from None
+            raise StaError(
+                f"{path} is not plain weights: it holds a Python object ({m.group(1)}) whose unpickling "
+                "could run code; refusing to load it"
+            ) from None
         if "Weights only load failed" in text:  # torch's text goes on with advice sta must not pass on
             m = _WEIGHTS_ONLY_DETAIL.search(text)
-            raise StaError(f"{path} is not plain weights; refusing to load it ({m.group(1).strip() if m else 'the safe unpickler rejected it'})") from None
+            raise StaError(
+                f"{path} is not plain weights; refusing to load it ({m.group(1).strip() if m else 'the safe unpickler rejected it'})"
+            ) from None
         raise StaError(f"{path} is not a checkpoint (unreadable pickle: {_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
-        raise StaError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}") from None
+        raise StaError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+        ) from None
     return _unwrap(obj, path)
 
 

@@ -25,14 +25,16 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import StaError
 
 TMP_SUFFIX = ".sta-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
-_TMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]+" + re.escape(TMP_SUFFIX) + "$")
+_TMP_NAME = re.compile(
+    r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]+" + re.escape(TMP_SUFFIX) + "$"
+)
 
 
 # --- strict JSON ------------------------------------------------------------------------------------
@@ -154,7 +156,9 @@ def lock(parent: Path, name: str, wait: bool = True) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
-            raise StaError(f"{Path(parent) / name} is being written by another sta process; wait for it or choose another -o") from None
+            raise StaError(
+                f"{Path(parent) / name} is being written by another sta process; wait for it or choose another -o"
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -235,8 +239,10 @@ def replace_refusal(out: Path) -> str | None:
     if not out.is_dir():
         return f"{out} exists and is not a folder"
     if sta_kind(out) is None and any(out.iterdir()):
-        return (f"{out} already exists and is not an sta output (it holds {_contents(out)}); --force replaces "
-                "only sta outputs and empty folders: choose another -o")
+        return (
+            f"{out} already exists and is not an sta output (it holds {_contents(out)}); --force replaces "
+            "only sta outputs and empty folders: choose another -o"
+        )
     return None
 
 
@@ -318,8 +324,13 @@ def _publish_folder(tmp: Path, out: Path, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def files_into(folder: Path, new: list[str], records: list[str] = (), force: bool = False,
-               finalize: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def files_into(
+    folder: Path,
+    new: list[str],
+    records: list[str] = (),
+    force: bool = False,
+    finalize: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary folder whose files are then moved into the existing sta folder `folder`.
 
     `new` files (a model file) replace an existing file only with `force`; `records` (sta's own

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,21 @@ from ..errors import StaError
 
 # Show a progress bar (stderr) when decoding at least this many frames or counting a file this big.
 # What sta takes for a video when it looks through a folder (eval datasets, the demo's sample).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv", ".3gp", ".ts")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".ogv",
+    ".3gp",
+    ".ts",
+)
 PROGRESS_MIN_FRAMES = 300
 PROGRESS_MIN_BYTES = 64 << 20
 # A stream that ends before this share of what its header announces is reported as truncated.
@@ -86,7 +100,7 @@ def spatial_crops(x: torch.Tensor, crop: int, count: int) -> list[torch.Tensor]:
     along_w = w >= h
     top = [(h - crop) // 2] * count if along_w else crop_starts(h, crop, count)
     left = crop_starts(w, crop, count) if along_w else [(w - crop) // 2] * count
-    return [x[..., t : t + crop, l : l + crop] for t, l in zip(top, left)]
+    return [x[..., t : t + crop, left_ : left_ + crop] for t, left_ in zip(top, left)]
 
 
 def standardise(x: torch.Tensor, pre: dict) -> torch.Tensor:
@@ -169,7 +183,9 @@ def parse_views(text: str | tuple[int, int] | None) -> tuple[int, int]:
         try:
             t, s = (int(p) for p in parts)
         except ValueError:
-            raise StaError(f"--views must look like TxS (temporal clips x spatial crops, e.g. 5x3), got {text!r}") from None
+            raise StaError(
+                f"--views must look like TxS (temporal clips x spatial crops, e.g. 5x3), got {text!r}"
+            ) from None
     if not (1 <= t <= 64 and 1 <= s <= 16):
         raise StaError(f"--views {t}x{s}: need 1 <= T <= 64 temporal clips and 1 <= S <= 16 spatial crops")
     return t, s
@@ -204,7 +220,9 @@ def open_video(path: Path) -> Iterator:
     _check_path(path)
     try:
         # av < 19 raises on undecodable metadata unless told to ignore it; av 19 always decodes it leniently and dropped the option
-        container = av.open(str(path), **({"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}))
+        container = av.open(
+            str(path), **({"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {})
+        )
     except av.FFmpegError as e:
         raise StaError(f"{path} is not a video FFmpeg can read, or is corrupt ({_ffmpeg_reason(e)})") from None
     except (OSError, ValueError) as e:
@@ -260,8 +278,12 @@ def _progress(show: bool, description: str, total: float | None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     )
 
     @contextlib.contextmanager
@@ -284,7 +306,9 @@ def count_frames(path: Path, show_progress: bool = True) -> tuple[int, str, floa
             return int(stream.frames), "index", None
         size = path.stat().st_size
         count, end = 0, None
-        with _progress(show_progress and size >= PROGRESS_MIN_BYTES, f"counting frames of {path.name}", size) as advance:
+        with _progress(
+            show_progress and size >= PROGRESS_MIN_BYTES, f"counting frames of {path.name}", size
+        ) as advance:
             for packet in container.demux(stream):
                 if not packet.size:  # the flush packet at the end
                     continue
@@ -399,13 +423,23 @@ def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None,
         x = torch.stack([dec.frames[i] for i in clip], 1).float()  # (C, T, H, W)
         out += [standardise(c, pre) for c in spatial_crops(x, pre["crop_size"], n_crops)]
     info = VideoInfo(
-        path=str(path), container=fmt, codec=codec, width=dec.size[0], height=dec.size[1], frames=count,
-        frames_from=frames_from, fps=fps, duration=header_seconds, rotation=dec.rotation,
+        path=str(path),
+        container=fmt,
+        codec=codec,
+        width=dec.size[0],
+        height=dec.size[1],
+        frames=count,
+        frames_from=frames_from,
+        fps=fps,
+        duration=header_seconds,
+        rotation=dec.rotation,
     )
     return Clip(torch.stack(out), info, indices, (n_clips, n_crops))
 
 
-def load_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None, show_progress: bool = True) -> torch.Tensor:
+def load_clip(
+    path: Path, pre: dict, views: tuple[int, int] | str | None = None, show_progress: bool = True
+) -> torch.Tensor:
     """A video file, preprocessed: (views, C, T, H, W); one centred clip and crop unless `views` = TxS."""
     return read_clip(path, pre, views, show_progress).views
 
@@ -425,6 +459,17 @@ def read_frames(path: Path, indices_for) -> torch.Tensor:
 
 
 __all__ = [
-    "Clip", "VideoInfo", "VideoWarning", "clip_indices", "centre_indices", "denormalise", "load_clip", "normalise",
-    "parse_views", "read_clip", "spatial_crops", "synthetic_clip", "synthetic_frames",
+    "Clip",
+    "VideoInfo",
+    "VideoWarning",
+    "clip_indices",
+    "centre_indices",
+    "denormalise",
+    "load_clip",
+    "normalise",
+    "parse_views",
+    "read_clip",
+    "spatial_crops",
+    "synthetic_clip",
+    "synthetic_frames",
 ]

@@ -12,8 +12,8 @@ does not fit its weights fails before anything is allocated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,11 @@ def check_fit(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], wh
     """Name unknown, missing and mis-shaped keys in one StaError (`expected`: a state dict, meta is fine)."""
     unknown = set(sd) - set(expected)
     missing = set(expected) - set(sd)
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
     problems = []
     if unknown:
         problems.append(f"unknown keys {_names(unknown)}")
@@ -92,14 +96,28 @@ def _labels(config: dict, num_classes: int, prov: Provenance, dataset: str | Non
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def _preprocessing(source, num_frames: int, image_size: int, short_side: int, stride: int, arch: ArchOverrides,
-                   prov: Provenance, family: str) -> dict:
+def _preprocessing(
+    source,
+    num_frames: int,
+    image_size: int,
+    short_side: int,
+    stride: int,
+    arch: ArchOverrides,
+    prov: Provenance,
+    family: str,
+) -> dict:
     """How clips are sampled and normalised (sta's spelling); mean/std from an option, the
     preprocessor_config.json, or the released models' ImageNet values."""
     pre = source.preprocessor if isinstance(source.preprocessor, dict) else {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
-    out = {"num_frames": num_frames, "frame_stride": stride, "short_side": short_side, "crop_size": crop, "value_range": 1.0}
+    out = {
+        "num_frames": num_frames,
+        "frame_stride": stride,
+        "short_side": short_side,
+        "crop_size": crop,
+        "value_range": 1.0,
+    }
     for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         given = getattr(arch, name)
         if given is not None:
@@ -135,7 +153,7 @@ def _repo_ids(source) -> set[str]:
     for path in [Path(source.spec).expanduser(), *source.weights]:
         for part in Path(path).absolute().parts:
             if part.startswith("models--"):
-                ids.add(part[len("models--"):].replace("--", "/"))
+                ids.add(part[len("models--") :].replace("--", "/"))
     return ids
 
 
@@ -164,12 +182,23 @@ def family_of(config: dict, alias: Alias | None, sd: dict[str, torch.Tensor]) ->
 # --- VideoMAE ----------------------------------------------------------------------------------------
 
 _INPUT = ("num_heads", "image_size", "num_frames")
-_VIDEOMAE_SHAPE_NAMES = {k: k for k in ("embed_dim", "depth", "mlp_dim", "num_classes", "patch_size", "tubelet_size", "in_chans")}
-_HF_NAMES = {"embed_dim": "hidden_size", "depth": "num_hidden_layers", "mlp_dim": "intermediate_size",
-             "num_classes": "num_labels", "patch_size": "patch_size", "tubelet_size": "tubelet_size", "in_chans": "num_channels"}
+_VIDEOMAE_SHAPE_NAMES = {
+    k: k for k in ("embed_dim", "depth", "mlp_dim", "num_classes", "patch_size", "tubelet_size", "in_chans")
+}
+_HF_NAMES = {
+    "embed_dim": "hidden_size",
+    "depth": "num_hidden_layers",
+    "mlp_dim": "intermediate_size",
+    "num_classes": "num_labels",
+    "patch_size": "patch_size",
+    "tubelet_size": "tubelet_size",
+    "in_chans": "num_channels",
+}
 
 
-def _videomae_config_fields(source, config: dict, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
+def _videomae_config_fields(
+    source, config: dict, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str
+) -> dict:
     """Architecture fields from sta's or transformers' config (checked against the weights), else the weights."""
     if "architecture" in config:
         fields, names = videomae.VideoMAEConfig.from_dict(config.get("model")).to_dict(), _VIDEOMAE_SHAPE_NAMES
@@ -187,17 +216,28 @@ def _videomae_config_fields(source, config: dict, shapes: dict, arch: ArchOverri
 
 def _converted_small_heads(source, fields: dict, prov: Provenance) -> None:
     """The MCG-NJU ViT-S repos run with 6 heads (the original's), whatever their config.json says."""
-    if (fields["embed_dim"], fields["depth"], fields["num_heads"]) == (384, 12, 16) and _repo_ids(source) & set(CONVERTED_6_HEAD_SMALL):
+    if (fields["embed_dim"], fields["depth"], fields["num_heads"]) == (384, 12, 16) and _repo_ids(source) & set(
+        CONVERTED_6_HEAD_SMALL
+    ):
         fields["num_heads"] = 6
-        prov.set("num_heads", 6, KNOWN, "converted from the original 6-head ViT-S, its config.json says 16; --num-heads 16 follows the config")
+        prov.set(
+            "num_heads",
+            6,
+            KNOWN,
+            "converted from the original 6-head ViT-S, its config.json says 16; --num-heads 16 follows the config",
+        )
 
 
 def _videomae_from_weights(source, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
     """No config: the weights give the widths; a released architecture gives its heads and input, else options must."""
     rel = videomae.released(shapes)
-    prov.set("architecture", rel[0] if rel else f"{shapes['embed_dim']}-wide, {shapes['depth']}-block VideoMAE", WEIGHTS)
+    prov.set(
+        "architecture", rel[0] if rel else f"{shapes['embed_dim']}-wide, {shapes['depth']}-block VideoMAE", WEIGHTS
+    )
     if rel is None:
-        missing = [k for k in _INPUT if getattr(arch, k) is None] + [k for k in ("mean", "std") if getattr(arch, k) is None]
+        missing = [k for k in _INPUT if getattr(arch, k) is None] + [
+            k for k in ("mean", "std") if getattr(arch, k) is None
+        ]
         if missing:
             raise _missing_error(what, f"a {shapes['embed_dim']}-wide, {shapes['depth']}-block VideoMAE", missing)
         return dict(shapes, **{k: getattr(arch, k) for k in _INPUT})
@@ -207,7 +247,9 @@ def _videomae_from_weights(source, shapes: dict, arch: ArchOverrides, prov: Prov
     return dict(shapes, **defaults)
 
 
-def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance) -> nn.Module:
+def build_videomae(
+    source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance
+) -> nn.Module:
     config = source.config or {}
     what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
     sd = videomae.checkpoint_filter_fn(sd)
@@ -223,8 +265,10 @@ def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: Ar
             prov.set(k, fields[k], OPTION)
     cfg = videomae.VideoMAEConfig(**fields)
     if pos is not None and pos.dim() == 3 and pos.shape[1] != cfg.num_tokens:
-        raise StaError(f"{what}: its position table has {pos.shape[1]} tokens, a {cfg.num_frames}x{cfg.image_size}^2 "
-                       f"input gives {cfg.num_tokens}: pass --num-frames / --image-size")
+        raise StaError(
+            f"{what}: its position table has {pos.shape[1]} tokens, a {cfg.num_frames}x{cfg.image_size}^2 "
+            f"input gives {cfg.num_tokens}: pass --num-frames / --image-size"
+        )
     model = build_checked(lambda: videomae.VideoMAE(cfg), sd, what)
     model.set_sta(sta)
     model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
@@ -232,7 +276,9 @@ def build_videomae(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: Ar
         model.preprocessing = _overridden(config["preprocessing"], cfg, arch)
     else:
         stride = _stride(source, cfg.num_classes, 4, prov)
-        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE")
+        model.preprocessing = _preprocessing(
+            source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE"
+        )
     return model
 
 
@@ -241,13 +287,20 @@ def _stride(source, num_classes: int, kinetics_stride: int, prov: Provenance) ->
         prov.set("frame_stride", source.alias.frame_stride, ALIAS)
         return source.alias.frame_stride
     stride = 2 if num_classes == 174 else kinetics_stride
-    prov.set("frame_stride", stride, ASSUMED, "the release's Something-Something v2 protocol" if num_classes == 174 else "the release's Kinetics protocol")
+    prov.set(
+        "frame_stride",
+        stride,
+        ASSUMED,
+        "the release's Something-Something v2 protocol" if num_classes == 174 else "the release's Kinetics protocol",
+    )
     return stride
 
 
 # --- Video Swin ----------------------------------------------------------------------------------------
 
-_SWIN_SHAPE_NAMES = {k: k for k in ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "num_classes", "in_chans")}
+_SWIN_SHAPE_NAMES = {
+    k: k for k in ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "num_classes", "in_chans")
+}
 
 
 def _videoswin_fields(source, config: dict, shapes: dict, arch: ArchOverrides, prov: Provenance, what: str) -> dict:
@@ -263,21 +316,27 @@ def _videoswin_fields(source, config: dict, shapes: dict, arch: ArchOverrides, p
     if rel is None and source.alias is None:
         missing = [k for k in ("image_size", "num_frames", "mean", "std") if getattr(arch, k) is None]
         if missing:
-            raise _missing_error(what, f"a {shapes['embed_dim']}-wide Video Swin with depths {list(shapes['depths'])}", missing)
+            raise _missing_error(
+                what, f"a {shapes['embed_dim']}-wide Video Swin with depths {list(shapes['depths'])}", missing
+            )
     origin, why = (ASSUMED, f"released {rel}") if rel else (ALIAS, source.alias.name if source.alias else None)
     for k, v in videoswin.RELEASED_INPUT.items():
         prov.set(k, v, origin, why)
     return dict(shapes, **videoswin.RELEASED_INPUT)
 
 
-def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance) -> nn.Module:
+def build_videoswin(
+    source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance
+) -> nn.Module:
     config = source.config or {}
     what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
     volume = videoswin.window_hint(sd)
     sd = videoswin.checkpoint_filter_fn(sd)
     shapes = videoswin.shapes_from_state_dict(sd, volume)
     if arch.num_heads is not None:
-        raise StaError(f"--num-heads does not apply to Video Swin: its head counts {list(shapes['num_heads'])} are in its weights")
+        raise StaError(
+            f"--num-heads does not apply to Video Swin: its head counts {list(shapes['num_heads'])} are in its weights"
+        )
     fields = _videoswin_fields(source, config, shapes, arch, prov, what)
     for k in ("image_size", "num_frames"):
         if getattr(arch, k) is not None:
@@ -293,7 +352,9 @@ def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: A
         # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
         short = round(cfg.image_size * 256 / 224)
         stride = _stride(source, cfg.num_classes, 2, prov)
-        model.preprocessing = _preprocessing(source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin")
+        model.preprocessing = _preprocessing(
+            source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin"
+        )
     return model
 
 
@@ -302,7 +363,9 @@ def build_videoswin(source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: A
 BUILDERS = {"videomae": build_videomae, "videoswin": build_videoswin}
 KEY_SIGNATURES = {
     "videoswin": lambda k: k.startswith(("features.", "backbone.layers.", "layers.")),
-    "videomae": lambda k: k.startswith(("videomae.", "blocks.", "patch_embed.proj", "backbone.blocks.", "backbone.patch_embed.projection")),
+    "videomae": lambda k: k.startswith(
+        ("videomae.", "blocks.", "patch_embed.proj", "backbone.blocks.", "backbone.patch_embed.projection")
+    ),
 }
 
 

@@ -58,7 +58,7 @@ class ArchOverrides:
             object.__setattr__(self, "std", _triple("std", self.std, positive=True))
 
     @classmethod
-    def parse(cls, num_heads=None, image_size=None, num_frames=None, mean=None, std=None) -> "ArchOverrides":
+    def parse(cls, num_heads=None, image_size=None, num_frames=None, mean=None, std=None) -> ArchOverrides:
         """From CLI / keyword values; mean and std may be "0.485,0.456,0.406" strings."""
         split = lambda v: [p for p in v.replace(" ", ",").split(",") if p] if isinstance(v, str) else v  # noqa: E731
         return cls(num_heads, image_size, num_frames, split(mean), split(std))
@@ -75,7 +75,11 @@ class Provenance:
     notes: list[str] = field(default_factory=list)
 
     def set(self, name: str, value, origin: str, why: str | None = None) -> None:
-        self.entries[name] = {"value": list(value) if isinstance(value, tuple) else value, "from": origin, **({"why": why} if why else {})}
+        self.entries[name] = {
+            "value": list(value) if isinstance(value, tuple) else value,
+            "from": origin,
+            **({"why": why} if why else {}),
+        }
 
     def note(self, text: str) -> None:
         self.notes.append(text)

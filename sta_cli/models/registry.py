@@ -66,9 +66,25 @@ ALIASES: dict[str, Alias] = {
         _videoswin("videoswin-base", "B", "swin3d_b_1k-24f7c7c6.pth"),
         _videoswin("videoswin-base-22k", "B", "swin3d_b_22k-7c6ae6fa.pth"),
         # Swin-B, window 16x7x7, fine-tuned on Something-Something v2 from the Kinetics-400 (IN-22K) model.
-        Alias("videoswin-base-ssv2", f"{_SWIN_RELEASE}/swin_base_patch244_window1677_sthv2.pth", "videoswin", "B", 174, "ssv2", 2),
-        _videomaev2("videomaev2-small", "S", "vit-small-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400_20230510-25c748fd.pth"),
-        _videomaev2("videomaev2-base", "B", "vit-base-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400_20230510-3e7f93b2.pth"),
+        Alias(
+            "videoswin-base-ssv2",
+            f"{_SWIN_RELEASE}/swin_base_patch244_window1677_sthv2.pth",
+            "videoswin",
+            "B",
+            174,
+            "ssv2",
+            2,
+        ),
+        _videomaev2(
+            "videomaev2-small",
+            "S",
+            "vit-small-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400_20230510-25c748fd.pth",
+        ),
+        _videomaev2(
+            "videomaev2-base",
+            "B",
+            "vit-base-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400_20230510-3e7f93b2.pth",
+        ),
         # Small model trained on synthetic actions, shipped in the package (sta_cli/demo, scripts/train_demo.py).
         Alias("demo", "demo", "videomae", "demo", 8, "synthetic-actions", 1, packaged=True),
     ]

@@ -37,7 +37,18 @@ RELEASED_INPUT = {"image_size": 224, "num_frames": 16}
 # position table alone would take tokens x width x 4 bytes.
 MAX_TOKENS = 1 << 16
 
-_INT_FIELDS = ("embed_dim", "depth", "num_heads", "mlp_dim", "num_classes", "image_size", "patch_size", "num_frames", "tubelet_size", "in_chans")
+_INT_FIELDS = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "num_classes",
+    "image_size",
+    "patch_size",
+    "num_frames",
+    "tubelet_size",
+    "in_chans",
+)
 
 
 @dataclass(frozen=True)
@@ -98,20 +109,30 @@ class VideoMAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VideoMAEConfig":
+    def from_dict(cls, d: dict) -> VideoMAEConfig:
         if not isinstance(d, dict):
             raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "VideoMAEConfig":
+    def from_hf(cls, hf: dict) -> VideoMAEConfig:
         """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias).
 
         The head count is taken as the config says; see `models.build_videomae` for the checkpoints
         whose config is known to be wrong.
         """
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_labels",
-                    "image_size", "patch_size", "num_frames", "tubelet_size", "num_channels"):
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_labels",
+            "image_size",
+            "patch_size",
+            "num_frames",
+            "tubelet_size",
+            "num_channels",
+        ):
             v = hf.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise StaError(f"config.json: {key} must be a positive integer, got {v!r}")
@@ -303,7 +324,9 @@ _MMACTION = [
 
 def _rename_hf(key: str) -> str:
     m = re.match(r"^videomae\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
-    qkv = re.match(r"^videomae\.encoder\.layer\.(\d+)\.attention\.attention\.(?:(query|key|value)\.(weight|bias)|(q|v)_bias)$", key)
+    qkv = re.match(
+        r"^videomae\.encoder\.layer\.(\d+)\.attention\.attention\.(?:(query|key|value)\.(weight|bias)|(q|v)_bias)$", key
+    )
     if qkv:
         part = (qkv.group(2) or qkv.group(4))[0]
         return f"blocks.{qkv.group(1)}.attn.{part}_{qkv.group(3) or 'bias'}"
@@ -311,7 +334,7 @@ def _rename_hf(key: str) -> str:
         return f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}.{m.group(3)}"
     for src, dst in _HF_TOP.items():
         if key.startswith(src + "."):
-            return dst + key[len(src):]
+            return dst + key[len(src) :]
     return key
 
 
@@ -375,7 +398,11 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
 
 def released(shapes: dict) -> tuple[str, int] | None:
     """(name, heads) of the released architecture these weights have, if any."""
-    if shapes["tubelet_size"] != 2 or shapes["mlp_dim"] != _released_mlp(shapes["embed_dim"]) or shapes["in_chans"] != 3:
+    if (
+        shapes["tubelet_size"] != 2
+        or shapes["mlp_dim"] != _released_mlp(shapes["embed_dim"])
+        or shapes["in_chans"] != 3
+    ):
         return None
     return RELEASED.get((shapes["embed_dim"], shapes["depth"], shapes["patch_size"]))
 

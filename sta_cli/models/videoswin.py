@@ -49,7 +49,11 @@ from .layers import Mlp, PrunedClassifier
 
 # The released architectures (torchvision's swin3d_{t,s,b} and the original release): (embed_dim,
 # depths) -> name. Their weights come with a 32x224^2 input and ImageNet normalisation.
-RELEASED = {(96, (2, 2, 6, 2)): "Video Swin-T", (96, (2, 2, 18, 2)): "Video Swin-S", (128, (2, 2, 18, 2)): "Video Swin-B"}
+RELEASED = {
+    (96, (2, 2, 6, 2)): "Video Swin-T",
+    (96, (2, 2, 18, 2)): "Video Swin-S",
+    (128, (2, 2, 18, 2)): "Video Swin-B",
+}
 RELEASED_INPUT = {"image_size": 224, "num_frames": 32}
 # Stage-1 tokens beyond which an input is not real (a 64x448^2 clip has 401,408).
 MAX_TOKENS = 1 << 20
@@ -74,7 +78,9 @@ class VideoSwinConfig:
     def __post_init__(self):
         for name in ("depths", "num_heads", "window_size", "patch_size"):  # JSON gives lists
             v = getattr(self, name)
-            if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
+            if not isinstance(v, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v
+            ):
                 raise StaError(f"model config: {name} must be a list of positive integers, got {v!r}")
             object.__setattr__(self, name, tuple(v))
         for name in ("embed_dim", "num_classes", "num_frames", "image_size", "in_chans"):
@@ -117,7 +123,7 @@ class VideoSwinConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VideoSwinConfig":
+    def from_dict(cls, d: dict) -> VideoSwinConfig:
         if not isinstance(d, dict):
             raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
@@ -126,7 +132,9 @@ class VideoSwinConfig:
 # --- window attention -----------------------------------------------------------------------------
 
 
-def window_and_shift(grid: tuple[int, ...], window: tuple[int, ...], shifted: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def window_and_shift(
+    grid: tuple[int, ...], window: tuple[int, ...], shifted: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Windows shrink to the grid where it is smaller, and then do not shift (as torchvision and the original)."""
     win = tuple(min(g, w) for g, w in zip(grid, window))
     shift = tuple(0 if (g <= w or not shifted) else w // 2 for g, w in zip(grid, window))
@@ -190,11 +198,16 @@ def window_plan(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tu
     if any(shift):
         # Along a straddling axis the slots before w - s come from the grid's end, the rest from its start.
         per_axis = [np.where(np.arange(w) < w - s, 1, 2) for w, s in zip(win, shift)]
-        regions = np.stack([
-            (np.where(k & 4, per_axis[0], 0)[:, None, None] * 9 + np.where(k & 2, per_axis[1], 0)[None, :, None] * 3
-             + np.where(k & 1, per_axis[2], 0)[None, None, :]).reshape(-1)
-            for k in types
-        ])
+        regions = np.stack(
+            [
+                (
+                    np.where(k & 4, per_axis[0], 0)[:, None, None] * 9
+                    + np.where(k & 2, per_axis[1], 0)[None, :, None] * 3
+                    + np.where(k & 1, per_axis[2], 0)[None, None, :]
+                ).reshape(-1)
+                for k in types
+            ]
+        )
     return WindowPlan(src, dst, tuple(int(c) for c in counts), regions, win[0] * win[1] * win[2])
 
 
@@ -237,7 +250,9 @@ def relative_index(window: tuple[int, int, int], vol: int, like: torch.Tensor) -
     return code[:, None] - code[None, :] + offset
 
 
-def window_index(grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=None, rel_cache: dict | None = None) -> WindowIndex:
+def window_index(
+    grid, window, shifted: bool, x: torch.Tensor, kept=None, fill=None, rel_cache: dict | None = None
+) -> WindowIndex:
     """x (B, K, C): the stage's tokens, all T*H*W of them, or the kept ones with kept (B, K) their grid
     positions and fill (B, T*H*W) the token that fills each grid position. rel_cache: {vol: relative
     index} shared by the calls of one forward."""
@@ -306,7 +321,9 @@ class WindowAttention3d(nn.Module):
                 w_end = min(w + step, start + n)
                 slots = index.rows.view(-1, B * vol)[w:w_end].reshape(-1)  # constant bounds: static shapes in ONNX
                 windows = rows.index_select(0, slots)  # (n * B * vol, 3C)
-                q, k, v = windows.view(-1, vol, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n * B, heads, vol, hd)
+                q, k, v = (
+                    windows.view(-1, vol, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+                )  # (n * B, heads, vol, hd)
                 # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (n * B, vol, heads, hd)
                 if torch.compiler.is_compiling():
@@ -377,7 +394,9 @@ class SwinStage(nn.Module):
     def __init__(self, i: int, cfg: VideoSwinConfig):
         super().__init__()
         dim = cfg.stage_dim(i)
-        self.blocks = nn.ModuleList(SwinBlock(dim, cfg.num_heads[i], cfg, shifted=j % 2 == 1) for j in range(cfg.depths[i]))
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, cfg.num_heads[i], cfg, shifted=j % 2 == 1) for j in range(cfg.depths[i])
+        )
         self.downsample = PatchMerging(dim, cfg.norm_eps) if i < 3 else None
 
 
@@ -431,7 +450,9 @@ class VideoSwin(PrunedClassifier):
             counts[s.block] = s.tokens_out
         return counts
 
-    def _similarity(self, merged: torch.Tensor, prev_qkv: torch.Tensor, prev_fill, prev_grid, heads: int) -> torch.Tensor:
+    def _similarity(
+        self, merged: torch.Tensor, prev_qkv: torch.Tensor, prev_fill, prev_grid, heads: int
+    ) -> torch.Tensor:
         """The feature STA compares tokens with at a stage input (see the module docstring). -> (B, N, c).
 
         prev_qkv (B, K, 3C): qkv of the previous stage's last block, on its kept tokens, which
@@ -465,7 +486,11 @@ class VideoSwin(PrunedClassifier):
                     )
                 metric = self._similarity(x, prev_qkv, prev_fill, prev_grid, self.cfg.num_heads[i - 1])
                 positions = torch.arange(tokens.shape[1], device=x.device).expand(B, -1)
-                kept = stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:]).sort(dim=-1, stable=True).values
+                kept = (
+                    stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:])
+                    .sort(dim=-1, stable=True)
+                    .values
+                )
                 fill = nearest_kept_fill(kept, grid)
                 tokens = gather_tokens(tokens, kept)
                 kept_all.append(kept)
@@ -549,7 +574,8 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
         depths = tuple(
-            1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"^layers\.{i}\.blocks\.(\d+)\.", k))) for i in range(4)
+            1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"^layers\.{i}\.blocks\.(\d+)\.", k)))
+            for i in range(4)
         )
         heads = tuple(sd[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(4))
         rows = sd["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
@@ -576,4 +602,3 @@ def released(shapes: dict) -> str | None:
     standard = shapes["patch_size"] == (2, 4, 4) and shapes["mlp_ratio"] == 4 and shapes["in_chans"] == 3
     heads = tuple(shapes["embed_dim"] // 32 * 2**i for i in range(4))  # 32 channels per head
     return RELEASED.get((shapes["embed_dim"], shapes["depths"])) if standard and shapes["num_heads"] == heads else None
-

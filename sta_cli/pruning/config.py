@@ -36,7 +36,7 @@ class STAConfig:
     score: str = "sta"  # sta = temporal * (1 - semantic); or one factor alone; random = baseline
 
     @classmethod
-    def random_baseline(cls, r1: int, seed: int = 0) -> "STAConfig":
+    def random_baseline(cls, r1: int, seed: int = 0) -> STAConfig:
         """Same token counts, tokens chosen at random (the paper's Fig. 5 baseline)."""
         return cls(r1=r1, first_group="random", score="random", seed=seed)
 
@@ -61,7 +61,7 @@ class STAConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "STAConfig":
+    def from_dict(cls, d: dict) -> STAConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 

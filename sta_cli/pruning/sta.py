@@ -232,7 +232,16 @@ def stage_keep_indices(
         prev_score = redundancy.gather(1, idx)
         prev_score = prev_score / prev_score.sum(-1, keepdim=True)
     if score_record is not None:
-        score_record.append(dict(stage=stage_index, positions=positions.flatten(1), metric=metric[:, first], first=first, scores=scores, cfg=cfg))
+        score_record.append(
+            dict(
+                stage=stage_index,
+                positions=positions.flatten(1),
+                metric=metric[:, first],
+                first=first,
+                scores=scores,
+                cfg=cfg,
+            )
+        )
     offsets = torch.arange(0, N, n, device=x.device)[:, None]  # (G, 1): group g starts at g * n
     return (torch.stack([kept[g] for g in range(G)], 1) + offsets).flatten(1)
 

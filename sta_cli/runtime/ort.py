@@ -42,5 +42,9 @@ def session(path: Path, device: str = "cpu", threads: int | None = None, profile
 def _providers(ort, device: str) -> tuple[list[str], str]:
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"], ""
-    note = "onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu); using the CPU" if device == "cuda" else ""
+    note = (
+        "onnxruntime has no CUDA provider (install the gpu extra: onnxruntime-gpu); using the CPU"
+        if device == "cuda"
+        else ""
+    )
     return ["CPUExecutionProvider"], note

@@ -36,7 +36,11 @@ def check_finite(model: nn.Module, logits: dict[str, torch.Tensor], clip_name: s
     if not bad:
         return
     tensors = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    cause = f"the weights hold NaN or inf ({tensors[0]}{' and more' if len(tensors) > 1 else ''})" if tensors else "overflow"
+    cause = (
+        f"the weights hold NaN or inf ({tensors[0]}{' and more' if len(tensors) > 1 else ''})"
+        if tensors
+        else "overflow"
+    )
     where = "the synthetic clip" if clip_name == "synthetic" else clip_name
     models = f"the {' and '.join(bad)} model{'s give' if len(bad) > 1 else ' gives'}"
     raise ValidationFailed(f"{models} non-finite logits (NaN or inf) on {where}: {cause}")
