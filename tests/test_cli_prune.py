@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json, to_original_layout
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, read_json, run_cli, to_original_layout
 
 import sta_cli
-from sta_cli.cli import app
-
-runner = CliRunner()
 
 
 def _umask() -> int:
@@ -25,27 +21,8 @@ def _umask() -> int:
     return mask
 
 
-def run(*args, cwd: Path | None = None):
-    old = Path.cwd()
-    if cwd:
-        os.chdir(cwd)
-    try:
-        return runner.invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("·")]
-    assert len(lines) == 1 and lines[0].startswith("sta: error: "), result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-
-
 def test_prune_end_to_end(tmp_path, hub_folder):
-    r = run("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--json")
+    r = run_cli("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--json")
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)  # stdout is exactly one JSON object
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's private 0700
@@ -74,14 +51,14 @@ def test_prune_end_to_end(tmp_path, hub_folder):
     model = sta_cli.load(tmp_path / "out")
     assert model.sta.r1 == 4
     # Human output: a summary and where the artifact is.
-    r = run("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--force", "--first-group", "grid")
+    r = run_cli("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--force", "--first-group", "grid")
     assert r.exit_code == 0 and "artifact written to" in r.stdout and "GFLOPs" in r.stdout
     assert read_json(tmp_path / "out" / "sta.json")["first_group"] == "grid"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
 def test_prune_default_output_folder(tmp_path, hub_folder):
-    r = run("prune", "--model", hub_folder, "--r1", 2, cwd=tmp_path)
+    r = run_cli("prune", "--model", hub_folder, "--r1", 2, cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "tiny-videomae-sta-r2" / "sta.json").is_file()
     assert "tiny-videomae-sta-r2" in r.stdout
@@ -100,7 +77,7 @@ def test_prune_with_a_video_clip(tmp_path, hub_folder):
             img[20:40, 2 * t : 2 * t + 20] = (250, 30, 30)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         container.mux(stream.encode())
-    r = run("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--clip", path, "--json")
+    r = run_cli("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out", "--clip", path, "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["validation"]["clip"] == str(path)
 
@@ -132,7 +109,7 @@ def test_pickle_holding_code_is_refused_and_not_run(tmp_path):
     EVIL_MARK.unlink(missing_ok=True)
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil()}, path)
-    r = run("prune", "--model", path, "--r1", 4, "-o", tmp_path / "out")
+    r = run_cli("prune", "--model", path, "--r1", 4, "-o", tmp_path / "out")
     assert_one_line_error(r, "not plain weights")
     assert not EVIL_MARK.exists() and not (tmp_path / "out").exists()
 
@@ -156,7 +133,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, hub_folder, bad_inputs, ca
     if "--r1" not in args:
         args += ["--r1", "4"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = run("prune", *args, "-o", tmp_path / "out")
+    r = run_cli("prune", *args, "-o", tmp_path / "out")
     assert_one_line_error(r, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -164,12 +141,12 @@ def test_bad_input_one_line_nothing_written(tmp_path, hub_folder, bad_inputs, ca
 def test_existing_and_unwritable_output(tmp_path, hub_folder):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    r = run("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out")
+    r = run_cli("prune", "--model", hub_folder, "--r1", 4, "-o", tmp_path / "out")
     assert_one_line_error(r, "already exists", "--force")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = run("prune", "--model", hub_folder, "--r1", 4, "-o", blocker / "out")
+    r = run_cli("prune", "--model", hub_folder, "--r1", 4, "-o", blocker / "out")
     assert_one_line_error(r, "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "out"]
 
@@ -187,7 +164,7 @@ def test_failure_midway_leaves_nothing(tmp_path, hub_folder, monkeypatch):
 
 
 def test_models_lists_aliases():
-    r = run("models", "--json")
+    r = run_cli("models", "--json")
     rows = {row["alias"]: row for row in json.loads(r.stdout)}
     assert rows["videomae-large"]["source"] == "MCG-NJU/videomae-large-finetuned-kinetics"
     assert rows["videomae-base-ssv2"]["classes"] == 174

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, run_cli
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import sta_cli  # noqa: E402
-from sta_cli.cli import app  # noqa: E402
 from sta_cli.export import export  # noqa: E402
 from sta_cli.io.video import synthetic_clip  # noqa: E402
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig  # noqa: E402
@@ -30,25 +29,6 @@ CFG = VideoMAEConfig(
 )
 TOKENS = [64, 48, 40, 36]  # r1 = 4: 4 x 16 tokens -> drop 4 per group at 4, 2, 1 groups
 FORBIDDEN = {"NonZero", "Loop", "If", "Scan", "Scatter", "ScatterND", "ScatterElements"}
-runner = CliRunner()
-
-
-def run_cli(*args, cwd: Path):
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.stdout
-    lines = [x for x in result.stderr.splitlines() if x.strip() and not x.startswith(("·", "export: using"))]
-    assert len(lines) == 1 and lines[0].startswith("sta: error: "), result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
 
 
 def listing(folder: Path) -> list[str]:

@@ -160,8 +160,8 @@ def test_bad_quantize_arguments(tmp_path, args, message):
 
 
 def test_sessions_do_not_spin(demo_int8):
-    from sta_cli.export.onnx import ort_session
     from sta_cli.profile import onnx_session
+    from sta_cli.runtime.ort import session as ort_session
 
     folder, _ = demo_int8
     for session in (ort_session(folder / "model.int8.onnx", "cpu")[0], onnx_session(folder / "model.onnx")):

@@ -33,6 +33,7 @@ from ..io.checkpoints import resolve
 from ..log import Log, quiet
 from ..models import build_from_source
 from ..pruning import STAConfig
+from ..runtime import ort
 from ..runtime.loading import default_output, sample_clip, task_sta
 from .graph import ExportModule, example_input, io_spec, output_names
 from .quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
@@ -287,7 +288,7 @@ def export(
             graph = onnx_export.graph_report(path, model, batch)
             report["graph"] = graph
             extra += graph_checks(graph, model)
-            session, provider, ort_note = onnx_export.ort_session(path, device)
+            session, provider, ort_note = ort.session(path, device)
             notes += [ort_note] if ort_note else []
             import onnxruntime
 

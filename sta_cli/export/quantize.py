@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
+from ..runtime import ort
 from .validate import TIE_TOL, Case, Check, StageScores, _set_overlap, near_tie_check, recording_scores, stage_scores
 
 INT8_FILE = "model.int8.onnx"
@@ -291,7 +292,7 @@ def write_int8(
     log("quantising the linear layers to int8 (ONNX Runtime dynamic quantisation)")
     info = quantize_int8(src, dst)
     extra = int8_graph_checks(dst, info)
-    session, provider, _ = onnx_export.ort_session(dst, "cpu")  # the integer kernels are the CPU provider's
+    session, provider, _ = ort.session(dst, "cpu")  # the integer kernels are the CPU provider's
     run = lambda x: onnx_export.run_session(session, x)  # noqa: E731
     runtime = f"onnxruntime {onnxruntime.__version__} ({provider})"
     if case is None:
