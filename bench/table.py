@@ -279,15 +279,22 @@ def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, m
     return row
 
 
-LABELS = {"hf_eager": "transformers eager", "sta_eager": "sta eager", "sta_compiled": "sta compiled",
-          "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8"}
+LABELS = {
+    "hf_eager": "transformers eager",
+    "sta_eager": "sta eager",
+    "sta_compiled": "sta compiled",
+    "ort_fp32": "ONNX Runtime fp32",
+    "ort_int8": "ONNX Runtime int8",
+}
 
 
 def markdown(results: dict) -> str:
     """The results as the docs/benchmarks.md table: one line per row and path."""
-    lines = ["| model | batch | r1 | GFLOPs | FLOP ratio | path | unpruned ms | pruned ms | speedup | share of FLOP ratio "
-             "| vs transformers eager (pruned) | peak RSS MB (unpruned / pruned) |",
-             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| model | batch | r1 | GFLOPs | FLOP ratio | path | unpruned ms | pruned ms | speedup | share of FLOP ratio "
+        "| vs transformers eager (pruned) | peak RSS MB (unpruned / pruned) |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     fmt = lambda v, f="{:.0f}": "not measured" if v is None else v if isinstance(v, str) else f.format(v)  # noqa: E731
     for row in results["rows"]:
         for path in PATHS:
@@ -296,7 +303,9 @@ def markdown(results: dict) -> str:
                 continue  # transformers has no Video Swin
             vs = (row.get("vs_transformers_eager") or {}).get(f"{path} pruned")
             rss = e.get("peak_rss_mb") if "peak_rss_mb" in e else {"unpruned": None, "pruned": None}
-            na = {"hf_eager": ("pruned", "speedup", "share"), "ort_int8": ("unpruned", "speedup", "share")}.get(path, ())
+            na = {"hf_eager": ("pruned", "speedup", "share"), "ort_int8": ("unpruned", "speedup", "share")}.get(
+                path, ()
+            )
             e = {**e, **{k: "n/a" for k in ("pruned_ms", "unpruned_ms", "speedup", "share") if k.split("_")[0] in na}}
             rss = {**rss, **{k: "n/a" for k in ("unpruned", "pruned") if k in na}}
             vs = "n/a" if path == "hf_eager" else vs
@@ -304,7 +313,8 @@ def markdown(results: dict) -> str:
                 f"| {row['arch']} | {row['batch']} | {row['r1']} | {row['gflops_unpruned']} -> {row['gflops_pruned']} | "
                 f"{row['flop_ratio']:.2f}x | {LABELS[path]} | {fmt(e.get('unpruned_ms'))} | {fmt(e.get('pruned_ms'))} | "
                 f"{fmt(e.get('speedup'), '{:.2f}x')} | {fmt(e.get('share'), '{:.2f}')} | {fmt(vs, '{:.2f}x')} | "
-                f"{fmt(rss.get('unpruned'))} / {fmt(rss.get('pruned'))} |")
+                f"{fmt(rss.get('unpruned'))} / {fmt(rss.get('pruned'))} |"
+            )
     return "\n".join(lines)
 
 
