@@ -547,7 +547,9 @@ def test_unreachable_hub_fails_fast(tmp_path, hub_folder):
     env.pop("HF_HUB_OFFLINE", None)
     t0 = time.perf_counter()
     r = run_cli("prune", "--model", "no-such/repo", "--r1", "1", "-o", tmp_path / "out", env=env)
-    assert time.perf_counter() - t0 < 30
+    # The old behaviour retried for about two minutes; a connect timeout answers in seconds (a subprocess
+    # that imports torch takes most of them, more on a loaded machine: hence the wide bound).
+    assert time.perf_counter() - t0 < 75
     lines = error_lines(r)
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert (
