@@ -216,20 +216,29 @@ def test_kill_9_leaves_no_result_and_the_next_run_cleans_up(tmp_path):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["other"]  # the dead writer's folder is gone
 
 
+# `sta prune` of the demo, paused for good once its weights are in the temporary folder: the kill
+# then always lands mid-write, however fast the machine.
+PAUSED_PRUNE = """
+import time
+import sta_cli.io.artifact as artifact
+save = artifact.save_file
+artifact.save_file = lambda *args, **kwargs: (save(*args, **kwargs), time.sleep(600))
+from sta_cli.cli import app
+app(["prune", "--model", "demo", "-o", "out"])
+"""
+
+
 def test_kill_9_during_sta_prune_is_not_taken_for_an_artifact(tmp_path):
     p = subprocess.Popen(
-        [sys.executable, "-m", "sta_cli", "prune", "--model", "demo", "-o", "out"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-c", PAUSED_PRUNE], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        for _ in range(1200):  # until the temporary folder holds the weights
+        for _ in range(2400):  # until the temporary folder holds the weights
             tmps = [q for q in tmp_path.iterdir() if q.name.endswith(".sta-tmp")]
             if tmps and (tmps[0] / "model.safetensors").exists():
                 break
             if p.poll() is not None:
-                pytest.fail("sta prune finished before it could be killed")
+                pytest.fail(f"sta prune ended before it could be killed: {p.stderr.read()!r}")
             __import__("time").sleep(0.05)
     finally:
         p.kill()

@@ -82,16 +82,7 @@ def eval_command(
             show_default=False,
         ),
     ],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            show_default="the artifact `sta prune` left here, else the packaged demo model",
-            help="Artifact folder, alias, Hub repo id, local folder or weights file.",
-        ),
-    ] = None,
+    model: o.ModelOrDefault = None,
     r1: Annotated[
         str | None,
         typer.Option(
@@ -143,12 +134,7 @@ def eval_command(
         ),
     ] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            "--compile", help="Run the model compiled with torch.compile (fullgraph); compiled before the first video."
-        ),
-    ] = False,
+    compile: o.Compile = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,

@@ -23,14 +23,21 @@ def _choices(values) -> str:
 
 # --- what to run on ------------------------------------------------------------------------------------
 
-ModelSpec = Annotated[
+ModelOrDefault = Annotated[
     str | None,
     typer.Option(
         "--model",
         "-m",
         metavar="MODEL",
-        show_default=False,
-        help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.",
+        show_default="the artifact `sta prune` left here, else the packaged demo model",
+        help="Artifact folder, alias, Hub repo id, local folder or weights file.",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile (fullgraph) the model: profile times it beside eager, eval runs every setting compiled.",
     ),
 ]
 R1 = Annotated[
@@ -51,7 +58,6 @@ Clip = Annotated[
         help="Video to validate on.",
     ),
 ]
-Out = Annotated[Path | None, typer.Option("--out", "-o", metavar="FOLDER", help="Output folder.")]
 Force = Annotated[
     bool,
     typer.Option(

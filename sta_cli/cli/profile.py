@@ -19,16 +19,7 @@ def profile(
         Path | None,
         typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip)."),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            show_default="the artifact `sta prune` left here, else the packaged demo model",
-            help="Artifact folder, alias, Hub repo id, local folder or weights file.",
-        ),
-    ] = None,
+    model: o.ModelOrDefault = None,
     r1: o.R1 = None,
     onnx: Annotated[
         Path | None,
@@ -76,12 +67,7 @@ def profile(
         typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu or cuda.")] = "cpu",
-    compile: Annotated[
-        bool,
-        typer.Option(
-            "--compile", help="Also time the model compiled with torch.compile (fullgraph), with its compile time."
-        ),
-    ] = False,
+    compile: o.Compile = False,
     revision: o.Revision = None,
     token: o.Token = None,
     json: o.Json = False,
