@@ -166,3 +166,31 @@ def test_sessions_do_not_spin(demo_int8):
     folder, _ = demo_int8
     for session in (ort_session(folder / "model.int8.onnx", "cpu")[0], onnx_session(folder / "model.onnx")):
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_external_weights_quantise_without_leftovers(tmp_path):
+    """A graph whose weights live in an external data file (as the exporter writes them above 2 GB)
+    quantises beside itself (int8 weights external too), runs, and leaves no temporary file."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(w, "w")],
+        value_info=[helper.make_tensor_value_info("unused", TensorProto.FLOAT, [8])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)  # older runtimes read 9
+    src = tmp_path / "model.onnx"
+    onnx.save(proto, str(src), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    report = q.quantize_int8(src, tmp_path / q.INT8_FILE)
+    assert report.linear_layers == 1 and report.quantized == 1
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(tmp_path / q.INT8_FILE)).run(None, {"x": x})
+    assert np.corrcoef(y.ravel(), (x @ w).ravel())[0, 1] > 0.99
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data"]

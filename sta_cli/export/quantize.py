@@ -91,6 +91,19 @@ class QuantizeReport:
     bytes: int = 0
 
 
+def _without_value_info(proto, src: Path) -> Path:
+    """`proto` without the exporter's recorded intermediate shapes, saved beside `src` (so that its
+    external weights, if any, resolve). The quantiser infers shapes again after rewriting weights;
+    older ONNX Runtime releases (seen with 1.23.2, not with 1.32) fail when a recorded shape
+    disagrees with the new inference ("Inferred shape and existing shape differ")."""
+    import onnx
+
+    del proto.graph.value_info[:]
+    path = src.parent / f".{src.stem}.shapeless.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
 def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
     """Dynamic int8 quantisation of `src`'s linear layers into `dst`; everything else unchanged."""
     import onnx
@@ -104,9 +117,10 @@ def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
     quiet = logging.getLogger()  # the quantiser logs every node it skips at WARNING
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    shapeless = _without_value_info(proto, src)
     try:
         quantize_dynamic(
-            str(src),
+            str(shapeless),
             str(dst),
             op_types_to_quantize=list(LINEAR_OPS),
             nodes_to_quantize=linear,
@@ -120,6 +134,7 @@ def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
         ) from e
     finally:
         quiet.setLevel(level)
+        shapeless.unlink(missing_ok=True)
     ops = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
     quantized = sum(ops.get(op, 0) for op in INT8_OPS)
     return QuantizeReport(dst.name, len(linear), quantized, activation, bytes=dst.stat().st_size)

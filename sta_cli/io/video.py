@@ -346,6 +346,29 @@ class Decoded:
     size: tuple[int, int]  # (width, height) as displayed, before resizing
 
 
+def _decode_until_damage(container, stream) -> Iterator:
+    """The stream's frames, ending at the first damaged packet once some frames have decoded.
+
+    A cut file ends in a partial packet: av 18 and newer stop there, av 17 raises InvalidDataError.
+    Either way the caller sees fewer frames than announced and decides (see read_clip); a stream
+    whose very first packet is damaged still raises.
+    """
+    import av
+
+    frames, decoded = container.decode(stream), False
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            if not decoded:
+                raise
+            return
+        decoded = True
+        yield frame
+
+
 def decode_frames(path: Path, wanted: set[int], short_side: int | None, show_progress: bool = True) -> Decoded:
     """Decode in order up to the last wanted frame, keeping only the wanted ones (resized at once,
     so memory holds len(wanted) small frames whatever the video's length)."""
@@ -354,7 +377,7 @@ def decode_frames(path: Path, wanted: set[int], short_side: int | None, show_pro
     index, rotation, size = -1, 0, (0, 0)
     show = show_progress and last + 1 >= PROGRESS_MIN_FRAMES
     with open_video(path) as (container, stream), _progress(show, f"decoding {path.name}", last + 1) as advance:
-        for frame in container.decode(stream):
+        for frame in _decode_until_damage(container, stream):
             index += 1
             if advance:
                 advance()
