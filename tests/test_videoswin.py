@@ -389,11 +389,11 @@ def test_api_prune_small_input(tmp_path):
     config = {"architecture": "videoswin", "model": TINY.to_dict(), "labels": [f"a{i}" for i in range(5)]}
     (folder / "config.json").write_text(json.dumps(config))
     report = sta_cli.prune(folder, 24, tmp_path / "out")
-    assert report["model"]["family"] == "videoswin"
-    assert report["tokens"]["unpruned"] == [1024, 256, 64, 16] and report["tokens"]["pruned"] == [1024, 160, 28, 4]
-    assert report["validation"]["kept_tokens_per_stage"] == [160, 28, 4]
-    assert report["validation"]["reproduces_source"]["max_abs_diff"] == 0
-    assert report["gflops"]["pruned"] < report["gflops"]["unpruned"]
+    assert report.model.family == "videoswin"
+    assert report.tokens.unpruned == [1024, 256, 64, 16] and report.tokens.pruned == [1024, 160, 28, 4]
+    assert report.validation.kept_tokens_per_stage == [160, 28, 4]
+    assert report.validation.reproduces_source.max_abs_diff == 0
+    assert report.gflops.pruned < report.gflops.unpruned
     pruned = sta_cli.load(tmp_path / "out")
     assert pruned.sta.r1 == 24 and pruned.labels[0] == "a0" and pruned.cfg == TINY
 
