@@ -44,10 +44,10 @@ from export_speed import SIZES as VIT_SIZES  # noqa: E402
 from export_speed import random_model as random_vit  # noqa: E402
 from swin_speed import random_model as random_swin  # noqa: E402
 
-from sta_cli.api import paper_r1  # noqa: E402
 from sta_cli.flops import gflops  # noqa: E402
 from sta_cli.models.videoswin import VideoSwinConfig  # noqa: E402
 from sta_cli.pruning import STAConfig  # noqa: E402
+from sta_cli.runtime.loading import paper_r1  # noqa: E402
 
 ARCHS = {"S": "ViT-S", "B": "ViT-B", "T": "Swin-T", "tiny": "ViT tiny (smoke test)"}
 PATHS = ("hf_eager", "sta_eager", "sta_compiled", "ort_fp32", "ort_int8")

@@ -8,8 +8,10 @@ model.kept_positions                           # per stage: (B, tokens) original
 
 __version__ = "0.1.0"
 
-from .api import compare, load, prune  # noqa: E402
 from .errors import StaError  # noqa: E402
 from .pruning import STAConfig  # noqa: E402
+from .runtime.loading import load  # noqa: E402
+from .runtime.predict import compare  # noqa: E402
+from .tasks.prune import prune  # noqa: E402
 
 __all__ = ["__version__", "load", "prune", "compare", "STAConfig", "StaError"]

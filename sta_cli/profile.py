@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import shutil
 import statistics
@@ -404,13 +405,13 @@ def sweep(
     for r1 in values:
         log(f"sweep: r1={r1}")
         model.set_sta(sta_config(sta, r1))
-        stats = compare(ref, _batched(model, x, batch))
+        stats = dataclasses.asdict(compare(ref, _batched(model, x, batch)))
         row = {"r1": r1, "tokens_per_stage": model.tokens_per_stage, "gflops": round(gflops(model), 4), "sta": stats}
         row["throughput"] = time_torch(model, {"sta": sta_config(sta, r1)}, xb, runs)["sta"]["throughput_clips_per_s"]
         randoms = []
         for seed in RANDOM_SEEDS:
             model.set_sta(STAConfig.random_baseline(r1, seed) if r1 else STAConfig())
-            randoms.append(compare(ref, _batched(model, x, batch)))
+            randoms.append(dataclasses.asdict(compare(ref, _batched(model, x, batch))))
         row["random"] = {k: round(float(np.mean([r[k] for r in randoms])), 5) for k in randoms[0]}
         row["random"]["seeds"] = len(RANDOM_SEEDS)
         row["sta"] = {k: round(v, 5) for k, v in stats.items()}
@@ -607,8 +608,8 @@ def _profile(
     check_finite(net, {"unpruned": ref, "pruned": pruned}, clip_info["path"] or "the synthetic clip")
     side = {}
     for name, logits in (("unpruned", ref), ("pruned", pruned)):
-        side[name] = {"top5": top_labels(net, logits.float().softmax(-1).mean(0))}
-    agreement = {k: round(v, 5) for k, v in compare(ref, pruned).items()}
+        side[name] = {"top5": [dataclasses.asdict(t) for t in top_labels(net, logits.float().softmax(-1).mean(0))]}
+    agreement = dataclasses.asdict(compare(ref, pruned).rounded())
     agreement["same_top1_after_averaging"] = side["unpruned"]["top5"][0]["index"] == side["pruned"]["top5"][0]["index"]
 
     log("counting parameters and FLOPs")

@@ -18,11 +18,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import sta_cli  # noqa: E402
-from sta_cli.export import export  # noqa: E402
 from sta_cli.io.video import synthetic_clip  # noqa: E402
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig  # noqa: E402
 from sta_cli.pruning import STAConfig, Stage, stage_keep_indices  # noqa: E402
 from sta_cli.pruning.sta import keep_lowest  # noqa: E402
+from sta_cli.tasks.export import export  # noqa: E402
 
 CFG = VideoMAEConfig(
     embed_dim=64, depth=6, num_heads=4, mlp_dim=128, num_classes=7, image_size=64, patch_size=16, num_frames=8
@@ -206,7 +206,7 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
     out = tmp_path / "ts"
     ts = export(artifact, "torchscript", out)
     pt2 = export(artifact, "pt2", out)  # a second format into the same export folder
-    assert ts["validation"]["ok"] and pt2["validation"]["ok"]
+    assert ts.validation["ok"] and pt2.validation["ok"]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.pt", "model.pt2"]
     assert set(json.loads((out / "config.json").read_text())["exports"]) == {"torchscript", "pt2"}
     model = sta_cli.load(artifact)
@@ -232,12 +232,12 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
 
 
 def test_fp16_onnx_loads_and_runs(tmp_path, artifact):
-    report = export(artifact, "onnx", tmp_path / "fp16", fp16=True, device="cuda")
-    assert report["dtype"] == "float16" and report["validation"]["atol"] == 5e-2
-    assert report["reference"].startswith("PyTorch float32")  # fp16 is judged against the fp32 model
-    assert any("float32" in n for n in report["notes"])  # says the STA scores stay float32
-    if not torch.cuda.is_available():  # --device cuda falls back to the CPU and says so
-        assert "CPUExecutionProvider" in report["runtime"] and any("using the CPU" in n for n in report["notes"])
+    report = export(artifact, "onnx", tmp_path / "fp16", fp16=True)
+    assert report.dtype == "float16" and report.validation["atol"] == 5e-2
+    assert report.reference.startswith("PyTorch float32")  # fp16 is judged against the fp32 model
+    assert any("float32" in n for n in report.notes)  # says the STA scores stay float32
+    if not torch.cuda.is_available():  # --device auto: the CPU on a machine without a GPU
+        assert "CPUExecutionProvider" in report.runtime and report.reference.endswith("(cpu)")
     session = ort.InferenceSession(str(tmp_path / "fp16" / "model.onnx"), providers=["CPUExecutionProvider"])
     model = sta_cli.load(artifact)
     x = torch.randn(3, 3, 8, 64, 64)
@@ -255,12 +255,12 @@ def test_model_spec_with_grid_first_group_exports_without_scatter(tmp_path, chec
     """--first-group grid goes through drop_last_order (formerly a scatter); fixed batch 2."""
     out = tmp_path / "grid"
     report = export(checkpoint, "onnx", out, r1=4, first_group="grid", seed=3, batch=2)
-    assert report["validation"]["ok"] and report["sta"]["first_group"] == "grid"
-    assert not set(report["graph"]["ops"]) & FORBIDDEN and report["graph"]["topk"] > 0
-    assert not report["graph"]["not_static"]
+    assert report.validation["ok"] and report.sta["first_group"] == "grid"
+    assert not set(report.graph["ops"]) & FORBIDDEN and report.graph["topk"] > 0
+    assert not report.graph["not_static"]
     dims = [d.dim_value for d in onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 8, 64, 64]
-    assert [c["case"] for c in report["validation"]["checks"] if c["case"]][-1] == "random batch of 2"
+    assert [c["case"] for c in report.validation["checks"] if c["case"]][-1] == "random batch of 2"
 
 
 def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):

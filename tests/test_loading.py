@@ -77,7 +77,7 @@ def test_r1_zero_is_unpruned_and_artifact_keeps_settings(tmp_path, hub_folder, c
     assert plain.sta.r1 == 0 and plain.stages == []
     report = sta_cli.prune(hub_folder, 4, tmp_path / "art")
     pruned = sta_cli.load(tmp_path / "art")
-    assert pruned.sta.r1 == 4 and report["sta"]["r1"] == 4
+    assert pruned.sta.r1 == 4 and report.sta["r1"] == 4
     with torch.no_grad():
         assert torch.equal(pruned(clip), sta_cli.load(hub_folder, r1=4)(clip))
         assert torch.equal(sta_cli.load(tmp_path / "art", r1=0)(clip), plain(clip))

@@ -18,14 +18,17 @@ import torch
 from test_video import make_bad_inputs, write_video  # noqa: E402  (tests/ is on sys.path)
 from typer.testing import CliRunner
 
-from sta_cli import api, vis
+import sta_cli
 from sta_cli import profile as prof
+from sta_cli import vis
 from sta_cli.cli import app
 from sta_cli.errors import StaError
 from sta_cli.flops import FLOPS_LABEL
 from sta_cli.io.video import denormalise, load_clip
 from sta_cli.models import registry
 from sta_cli.pruning import STAConfig
+from sta_cli.runtime.loading import paper_r1
+from sta_cli.runtime.predict import count_params
 
 runner = CliRunner()
 
@@ -48,15 +51,15 @@ def clip_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory, hub_folder) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny-sta-r4"
-    api.prune(str(hub_folder), 4, out)
+    sta_cli.prune(str(hub_folder), 4, out)
     return out
 
 
 def test_report_side_by_side(hub_folder, clip_file):
     r = prof.profile(clip_file, str(hub_folder), runs=1, views="2x2")
-    model = api.load(str(hub_folder))
+    model = sta_cli.load(str(hub_folder))
     n_t, h, w = model.cfg.grid
-    assert r["sta"]["r1"] == api.paper_r1(model) == round(64 * h * w / 196)
+    assert r["sta"]["r1"] == paper_r1(model) == round(64 * h * w / 196)
     assert any("64 of 196" in n for n in r["notes"])
     u, p = r["unpruned"], r["pruned"]
     # top-5: the unpruned column is the averaged softmax of the 4 views, recomputed here
@@ -66,7 +69,7 @@ def test_report_side_by_side(hub_folder, clip_file):
     assert np.allclose([t["prob"] for t in u["top5"]], probs.topk(5).values.tolist(), atol=1e-4)
     model.set_sta(STAConfig(r1=r["sta"]["r1"]))
     assert [t["index"] for t in p["top5"]] == model(x).softmax(-1).mean(0).topk(5).indices.tolist()
-    assert u["params"] == p["params"] == api.count_params(model)
+    assert u["params"] == p["params"] == count_params(model)
     assert p["gflops"] < u["gflops"] and r["gflops_convention"] == FLOPS_LABEL
     assert u["tokens_per_stage"] == [n_t * h * w] and p["tokens_per_stage"] == model.tokens_per_stage
     for side in (u, p):
@@ -82,7 +85,7 @@ def test_report_side_by_side(hub_folder, clip_file):
 def test_scoring_timer_times_every_selection_and_restores(hub_folder):
     from sta_cli.models import videomae
 
-    model = api.load(str(hub_folder), r1=4)
+    model = sta_cli.load(str(hub_folder), r1=4)
     x = torch.randn(2, 3, 8, 64, 64)
     ref = model(x)
     original = videomae.stage_keep_indices
@@ -97,7 +100,7 @@ def test_scoring_timer_times_every_selection_and_restores(hub_folder):
 def test_artifact_r1_and_onnx(artifact, clip_file, tmp_path):
     # An ONNX file of the unpruned model (the legacy exporter is quick on a plain ViT): it must be
     # recognised as the unpruned model and timed in that column.
-    model = api.load(str(artifact), r1=0)
+    model = sta_cli.load(str(artifact), r1=0)
     onnx_file = tmp_path / "unpruned.onnx"
     torch.onnx.export(
         model,
@@ -128,7 +131,7 @@ def test_kept_mask_maps_tokens_to_pixels():
 def test_vis_whitens_dropped_tokens(hub_folder, clip_file, tmp_path):
     from PIL import Image
 
-    model = api.load(str(hub_folder), r1=4)
+    model = sta_cli.load(str(hub_folder), r1=4)
     x = load_clip(clip_file, model.preprocessing)
     path = prof.draw_kept_tokens(model, x, model.preprocessing, tmp_path / "kept.png")
     _, kept = model.forward_with_positions(x)
@@ -265,7 +268,7 @@ def test_demo_fallback_with_no_arguments(tmp_path, hub_folder, monkeypatch):
 
 def test_as_typed_next_to_a_pruned_artifact(tmp_path, hub_folder, clip_file):
     """`sta profile clip.mp4` in a folder where `sta prune` left an artifact, through the console script."""
-    api.prune(str(hub_folder), 4, tmp_path / "tiny-sta-r4")
+    sta_cli.prune(str(hub_folder), 4, tmp_path / "tiny-sta-r4")
     (tmp_path / "clip.mp4").write_bytes(clip_file.read_bytes())
     sta = Path(sys.executable).parent / "sta"
     cmd = [str(sta)] if sta.exists() else [sys.executable, "-m", "sta_cli"]

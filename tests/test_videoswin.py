@@ -389,11 +389,11 @@ def test_api_prune_small_input(tmp_path):
     config = {"architecture": "videoswin", "model": TINY.to_dict(), "labels": [f"a{i}" for i in range(5)]}
     (folder / "config.json").write_text(json.dumps(config))
     report = sta_cli.prune(folder, 24, tmp_path / "out")
-    assert report["model"]["family"] == "videoswin"
-    assert report["tokens"]["unpruned"] == [1024, 256, 64, 16] and report["tokens"]["pruned"] == [1024, 160, 28, 4]
-    assert report["validation"]["kept_tokens_per_stage"] == [160, 28, 4]
-    assert report["validation"]["reproduces_source"]["max_abs_diff"] == 0
-    assert report["gflops"]["pruned"] < report["gflops"]["unpruned"]
+    assert report.model.family == "videoswin"
+    assert report.tokens.unpruned == [1024, 256, 64, 16] and report.tokens.pruned == [1024, 160, 28, 4]
+    assert report.validation.kept_tokens_per_stage == [160, 28, 4]
+    assert report.validation.reproduces_source.max_abs_diff == 0
+    assert report.gflops.pruned < report.gflops.unpruned
     pruned = sta_cli.load(tmp_path / "out")
     assert pruned.sta.r1 == 24 and pruned.labels[0] == "a0" and pruned.cfg == TINY
 
@@ -453,7 +453,7 @@ def test_cli_prune_weights_file(tmp_path):
 def test_onnx_export_static_shapes(tmp_path):
     """`sta export` of a pruned Swin artifact: static token counts, the fill as plain gathers, ONNX
     Runtime reproducing PyTorch's logits and kept positions (checked by the export's own validation)."""
-    from sta_cli.export import export
+    from sta_cli.tasks.export import export
 
     cfg = VideoSwinConfig(
         embed_dim=8,
@@ -470,7 +470,7 @@ def test_onnx_export_static_shapes(tmp_path):
     save_file({k: v.contiguous() for k, v in VideoSwin(cfg).state_dict().items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": cfg.to_dict()}))
     report = export(folder, "onnx", tmp_path / "onnx", r1=24)
-    graph, validation = report["graph"], report["validation"]
+    graph, validation = report.graph, report.validation
     assert graph["not_static"] == [] and graph["forbidden"] == [] and graph["topk"] > 0
     assert graph["outputs"]["kept_positions_1"] == ["batch", 2 * 40] and graph["outputs"]["kept_positions_3"] == [
         "batch",
@@ -498,11 +498,11 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     """Regression: ONNX export with autograd on (as bench/export_speed.py calls it) failed with "Cannot
     view a tensor ..." (a reshape after SDPA traced as a view), TorchScript tracing with "numpy.ndarray %
     Tensor" (the grid read as traced 0-d tensors). Both now export and reproduce PyTorch at batch 1 and 3."""
-    from sta_cli.export import export
     from sta_cli.export import onnx as onnx_export
     from sta_cli.export.graph import ExportModule, example_input, output_names
     from sta_cli.export.validate import Case, validate
     from sta_cli.runtime.ort import session as ort_session
+    from sta_cli.tasks.export import export
 
     torch.manual_seed(0)
     model = VideoSwin(EXPORT_CFG, STAConfig(r1=10)).eval()
@@ -528,8 +528,8 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": EXPORT_CFG.to_dict()}))
     report = export(folder, "torchscript", tmp_path / "ts", r1=10)  # sta export: validation on by default
-    validation = report["validation"]
-    assert report["batch"] == "dynamic" and "random batch of 3" in validation["cases"]
+    validation = report.validation
+    assert report.batch == "dynamic" and "random batch of 3" in validation["cases"]
     assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] <= 1e-4
     traced = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
     logits, *kept = traced(cases[1].x)

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import StaError, ValidationFailed
+from ..tasks.export import ExportReport
+from ..tasks.export import export as export_model
 from . import common as c
 from . import options as o
 
@@ -57,9 +59,7 @@ def export(
     fp16: Annotated[
         bool, typer.Option("--fp16", help="Half-precision graph for GPU runtimes (STA scores stay float32).")
     ] = False,
-    device: Annotated[
-        str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda: where validation (and tracing) runs.")
-    ] = "auto",
+    device: o.Device = "auto",
     atol: Annotated[
         float | None,
         typer.Option(
@@ -109,8 +109,6 @@ def export(
     arch=None,
 ):
     """Export a pruned model to ONNX, TorchScript or torch.export and validate it against PyTorch."""
-    from ..export import export as run_export
-
     if batch is not None and dynamic_batch:
         raise StaError("--batch and --dynamic-batch exclude each other")
     if source is not None and model is not None:
@@ -123,7 +121,7 @@ def export(
             raise StaError("no SOURCE: pass an artifact folder or --model, or run `sta prune` in this folder first")
     try:
         with c.Steps(quiet=False) as log:
-            report = run_export(
+            report = export_model(
                 spec,
                 format,
                 out,
@@ -150,37 +148,38 @@ def export(
         failed = getattr(e, "report", None)
         if failed is not None:
             if json:
-                c.print_json({**failed, "ok": False, "error": str(e)})
+                c.print_json(failed)
             else:
                 print_block(failed)
             c.err.print("nothing was written")
         raise
     if json:
-        c.print_json({**report, "ok": True})
+        c.print_json(report)
         return
     print_block(report)
     print_files(report)
 
 
-def print_block(report: dict) -> None:
-    for note in report.get("notes", []):
+def print_block(report: ExportReport) -> None:
+    for note in report.notes:
         c.err.print(f"note: {note}")
-    for line in report["validation_block"]:
+    for line in report.validation_block:
         c.out.print(line.replace("\t", "    "), markup=False)
 
 
-def print_files(report: dict) -> None:
-    v = report["validation"]
-    failed = [x for x in v["checks"] + report.get("int8", {}).get("validation", {}).get("checks", []) if not x["ok"]]
+def print_files(report: ExportReport) -> None:
+    v, files = report.validation, report.files
+    checks = v["checks"] + (report.int8["validation"]["checks"] if report.int8 else [])
+    failed = [x for x in checks if not x["ok"]]
     if v.get("skipped"):
         head = "Validation skipped (--no-validate)"
     elif failed:
         head = f"The export succeeded with {len(failed)} warning(s)"
     else:
         head = "All good"
-    c.out.print(f"{head}, model saved at: {report['files']['model']}", markup=False)
-    c.out.print(f"config (labels, preprocessing, pruning settings): {report['files']['config']}", markup=False)
-    if "weights" in report["files"]:
-        c.out.print(f"external weights: {report['files']['weights']}", markup=False)
-    if "int8" in report["files"]:
-        c.out.print(f"int8 model (linear layers int8, STA scores float32): {report['files']['int8']}", markup=False)
+    c.out.print(f"{head}, model saved at: {files.model}", markup=False)
+    c.out.print(f"config (labels, preprocessing, pruning settings): {files.config}", markup=False)
+    if files.weights:
+        c.out.print(f"external weights: {files.weights}", markup=False)
+    if files.int8:
+        c.out.print(f"int8 model (linear layers int8, STA scores float32): {files.int8}", markup=False)

@@ -13,6 +13,7 @@ import typer
 from ..errors import StaError
 from ..pruning import STAConfig
 from ..pruning.config import FIRST_GROUP, ORDERS, SCHEDULES, SCORES, SIMILARITIES
+from ..runtime.device import DEVICE_HELP
 
 _D = STAConfig()
 
@@ -72,6 +73,12 @@ Revision = Annotated[
 ]
 Token = Annotated[
     str | None, typer.Option("--token", metavar="TOKEN", show_default="the logged-in one", help="Hugging Face token.")
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device", metavar="DEVICE", help=f"Where PyTorch runs: {DEVICE_HELP}; cuda without a GPU is an error."
+    ),
 ]
 Json = Annotated[
     bool, typer.Option("--json", show_default=False, help="Print the result as one JSON object on stdout.")

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .. import api
 from ..flops import FLOPS_LABEL
+from ..tasks.prune import PruneReport
+from ..tasks.prune import prune as run_prune
 from . import common as c
 from . import options as o
 
@@ -42,7 +43,7 @@ def prune(
 ):
     """Prune a model with STA and write an artifact (weights, config, settings, report)."""
     with c.Steps(quiet=False) as log:
-        report = api.prune(
+        report = run_prune(
             model,
             r1,
             out,
@@ -60,25 +61,23 @@ def prune(
     print_summary(report)
 
 
-def print_summary(report: dict) -> None:
+def print_summary(report: PruneReport) -> None:
     from rich.table import Table
 
-    g, v, t = report["gflops"], report["validation"], report["tokens"]
-    table = Table(
-        show_header=True, header_style="bold", title=f"STA r1={report['sta']['r1']} on {report['source']['name']}"
-    )
+    g, v, t = report.gflops, report.validation, report.tokens
+    params = f"{report.model.params:,}"
+    table = Table(show_header=True, header_style="bold", title=f"STA r1={report.sta['r1']} on {report.source.name}")
     table.add_column("")
     table.add_column("unpruned", justify="right")
     table.add_column("pruned", justify="right")
-    table.add_row("parameters", f"{report['model']['params']:,}", f"{report['model']['params']:,}")
-    table.add_row(FLOPS_LABEL, f"{g['unpruned']:.2f}", f"{g['pruned']:.2f} (-{100 * g['reduction']:.0f}%)")
-    table.add_row("tokens per stage", " ".join(map(str, t["unpruned"])), " -> ".join(map(str, t["pruned"])))
-    table.add_row("top-1", v["top5_unpruned"][0]["label"], v["top5_pruned"][0]["label"])
+    table.add_row("parameters", params, params)
+    table.add_row(FLOPS_LABEL, f"{g.unpruned:.2f}", f"{g.pruned:.2f} (-{100 * g.reduction:.0f}%)")
+    table.add_row("tokens per stage", " ".join(map(str, t.unpruned)), " -> ".join(map(str, t.pruned)))
+    table.add_row("top-1", v.top5_unpruned[0].label, v.top5_pruned[0].label)
     c.out.print(table)
-    overlap = next(v[k] for k in v if k.endswith("_overlap"))
     c.out.print(
-        f"validation on {v['clip']} clip: r1=0 reproduces the source (max abs diff "
-        f"{v['reproduces_source']['max_abs_diff']:.2g}); pruned vs unpruned: top-1 agreement {v['top1_agreement']:.0%}, "
-        f"top-5 overlap {overlap:.0%}, logit cosine {v['logit_cosine']:.4f}"
+        f"validation on {v.clip} clip: r1=0 reproduces the source (max abs diff "
+        f"{v.reproduces_source.max_abs_diff:.2g}); pruned vs unpruned: top-1 agreement {v.top1_agreement:.0%}, "
+        f"top-5 overlap {v.top5_overlap:.0%}, logit cosine {v.logit_cosine:.4f}"
     )
-    c.out.print(f"artifact written to {report['output']}")
+    c.out.print(f"artifact written to {report.output}")

@@ -1,5 +1,5 @@
-"""Turning a model spec into a model ready for a task: the STA settings, the one default-r1 rule,
-the validation clip, the default output folder."""
+"""Turning a model spec into a model ready for a task: `load`, the STA settings, the one default-r1
+rule, the validation clip, the default output folder."""
 
 from __future__ import annotations
 
@@ -9,10 +9,44 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..io.checkpoints import Source
+from ..io.checkpoints import Source, resolve
 from ..io.video import load_clip, synthetic_clip
 from ..models import build_from_source
+from ..models.overrides import ArchOverrides
 from ..pruning import STAConfig
+
+
+def load(
+    spec: str | Path,
+    r1: int | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device = "cpu",
+    num_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
+    mean: tuple[float, float, float] | str | None = None,
+    std: tuple[float, float, float] | str | None = None,
+    compile: bool | str = False,
+    **sta_options,
+) -> nn.Module:
+    """Load a model in eval mode: an alias, Hub repo id, local folder or weights file, or an artifact.
+
+    r1 = None keeps an artifact's pruning settings (and means no pruning for a plain checkpoint);
+    r1 = 0 is always the unpruned model. num_heads, image_size, num_frames, mean and std set what
+    the weights cannot tell (and override a config). Other keyword arguments are STAConfig fields.
+    compile: True runs the model through torch.compile(fullgraph=True) (sta_cli.compiled; the first
+    call per STA setting compiles), a string also picks torch.compile's mode.
+    """
+    arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
+    source = resolve(str(spec), revision=revision, token=token, arch=arch)
+    model = from_source(source, r1, **sta_options).to(device)
+    if compile:
+        from ..compiled import compile_model
+
+        model = compile_model(model, mode=compile if isinstance(compile, str) else None)
+    return model
 
 
 def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,21 +15,43 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """Pruned vs unpruned predictions, averaged over the batch. top5_overlap: the share of the
+    unpruned top-5 (every class, for a model with fewer than 5) that the pruned top-5 holds too."""
+
+    top1_agreement: float
+    top5_overlap: float
+    logit_cosine: float
+
+    def rounded(self, digits: int = 5) -> Agreement:
+        return Agreement(*(round(v, digits) for v in (self.top1_agreement, self.top5_overlap, self.logit_cosine)))
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class of a prediction: its name, index and probability."""
+
+    label: str
+    index: int
+    prob: float
+
+
 @torch.no_grad()
-def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> dict:
-    """Agreement of pruned with unpruned predictions, averaged over the batch."""
+def compare(unpruned_logits: torch.Tensor, pruned_logits: torch.Tensor) -> Agreement:
+    """Agreement of pruned with unpruned predictions (logits: (batch, classes)), averaged over the batch."""
     top1 = (unpruned_logits.argmax(-1) == pruned_logits.argmax(-1)).float().mean().item()
     k = min(5, unpruned_logits.shape[-1])
     a, b = unpruned_logits.topk(k, -1).indices, pruned_logits.topk(k, -1).indices
     overlap = (a[:, :, None] == b[:, None, :]).any(-1).float().mean().item()
     cosine = F.cosine_similarity(unpruned_logits.float(), pruned_logits.float(), dim=-1).mean().item()
-    return {"top1_agreement": top1, f"top{k}_overlap": overlap, "logit_cosine": cosine}
+    return Agreement(top1, overlap, cosine)
 
 
-def top_labels(model: nn.Module, probs: torch.Tensor, k: int = 5) -> list[dict]:
+def top_labels(model: nn.Module, probs: torch.Tensor, k: int = 5) -> list[Label]:
     """The k most probable labels of one prediction (probs: (classes,))."""
     p, i = probs.float().topk(min(k, probs.numel()))
-    return [{"label": model.labels[j], "index": int(j), "prob": float(q)} for q, j in zip(p.tolist(), i.tolist())]
+    return [Label(model.labels[j], int(j), float(q)) for q, j in zip(p.tolist(), i.tolist())]
 
 
 def check_finite(model: nn.Module, logits: dict[str, torch.Tensor], clip_name: str) -> None:
