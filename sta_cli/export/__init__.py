@@ -236,7 +236,8 @@ def export(
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     dev, dev_note = torch_device(device)
     dtype = torch.float16 if fp16 else torch.float32
-    exported = copy.deepcopy(model).to(dtype=dtype)  # the caller's model stays as it is
+    # fp16 exports a copy (the reference stays float32); float32 exports the model itself: no second copy of the weights
+    exported = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype=dtype)
     names = output_names(model)
     settings = pruning_settings(model)
     spec = io_spec(model, batch, dtype)
@@ -278,7 +279,7 @@ def export(
                 f"exporting ONNX (opset {opset}, {'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''})"
             )
             onnx_export.export_onnx(
-                exported, path, opset=opset, batch=batch, metadata=onnx_export.metadata_props(model, settings, spec)
+                exported, path, opset=opset, batch=batch, metadata=onnx_export.metadata_props(model, settings, spec), log=log
             )
             report["opset"] = opset
             report["exporter"] = (
@@ -328,7 +329,7 @@ def export(
         if validate_outputs:
             log(f"validating against {report['reference']} ({report['runtime']})")
             declared = onnx_export.declared_outputs(path) if format == "onnx" else None
-            result = validate(run, ref_run, cases, names, declared, atol, fp16, extra)
+            result = validate(run, ref_run, cases, names, declared, atol, fp16, extra, log=log)
         else:
             result = {
                 "atol": atol,
