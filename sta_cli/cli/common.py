@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -46,11 +47,14 @@ def print_json(obj) -> None:
 
 
 class Steps:
-    """Progress for long work: a spinner on stderr, and one log line per finished step."""
+    """Progress for long work, on stderr: a spinner with the running step and its clock, and one log
+    line per finished step with what it cost (seconds, the process's peak memory so far). Not a
+    terminal (a log file): each step is also logged when it starts, so a log shows what is running."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self._status = None
+        self._step: tuple[str, float] | None = None
 
     def __enter__(self):
         if not self.quiet:
@@ -59,13 +63,45 @@ class Steps:
         return self
 
     def __call__(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(message)
-            err.print(f"[dim]· {message}[/dim]")
+        if self._status is None:
+            return
+        self._finish()
+        self._step = (message, time.perf_counter())
+        self._status.update(_Clock(message, self._step[1]))
+        if not err.is_terminal:
+            err.print(f"[dim]· {message} ...[/dim]", soft_wrap=True)
+
+    def _finish(self) -> None:
+        if self._step is not None:
+            message, t0 = self._step
+            err.print(f"[dim]· {message}: {time.perf_counter() - t0:.1f} s{peak_memory()}[/dim]", soft_wrap=True)
+            self._step = None
 
     def __exit__(self, *exc):
         if self._status is not None:
+            self._finish()
             self._status.__exit__(*exc)
+
+
+class _Clock:
+    """A step's text with its running time, re-rendered by the spinner."""
+
+    def __init__(self, message: str, t0: float):
+        self.message, self.t0 = message, t0
+
+    def __rich__(self) -> str:
+        return f"{self.message} [dim]{time.perf_counter() - self.t0:.0f} s[/dim]"
+
+
+def peak_memory() -> str:
+    """ ", peak memory 2.41 GB": the process's peak resident size so far ("" where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak *= 1 if sys.platform == "darwin" else 1024
+    return f", peak memory {peak / 1e9:.2f} GB"
 
 
 class _ErrConsoleHandler(logging.Handler):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import io
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -22,11 +24,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import StaError
+from ..log import Log, quiet
 from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
 # Ops that would mean a data-dependent shape or control flow (or that TensorRT handles badly).
+# Weights above this go to an external data file (model.onnx.data; protobuf's own limit is 2 GB).
+EXTERNAL_DATA_BYTES = 1 << 30
 FORBIDDEN_OPS = ("NonZero", "Loop", "If", "Scan", "Scatter", "ScatterND", "ScatterElements", "Unique", "Compress")
 
 
@@ -53,11 +58,39 @@ def _sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
     return op.TopK(self, k, axis=dim, largest=descending, sorted=True)
 
 
+class _ExporterProgress(io.StringIO):
+    """Captures what the exporter prints; each step it starts ("[torch.onnx] Run decompositions...")
+    becomes a progress line, so a long export says where it is."""
+
+    STEP = re.compile(r"^\[torch\.onnx\] (.+?)\.\.\.$")
+    NAMES = {  # the exporter's step names, in sta's words
+        "Obtain model graph": "tracing the model (torch.export)",
+        "Run decompositions": "decomposing into core ATen ops",
+        "Translate the graph into ONNX": "translating the graph into ONNX",
+        "Optimize the ONNX graph": "optimising the ONNX graph (constant folding)",
+    }
+
+    def __init__(self, log: Log):
+        super().__init__()
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            m = self.STEP.match(line.strip())
+            if m:
+                step = m.group(1)
+                self.log(next((v for k, v in self.NAMES.items() if step.startswith(k)), f"ONNX exporter: {step}"))
+        return super().write(text)
+
+
 @contextlib.contextmanager
-def quiet_exporter():
+def quiet_exporter(log: Log = quiet):
     """The exporter prints progress on stdout and logs warnings (torchvision ops, version
-    converter); stdout must stay clean for --json. Captured output is returned on failure."""
-    buffer = io.StringIO()
+    converter); stdout must stay clean for --json. Its steps go to `log`; captured output is
+    returned on failure."""
+    buffer = _ExporterProgress(log)
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -71,16 +104,19 @@ def quiet_exporter():
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, metadata: dict[str, str]) -> None:
+def export_onnx(
+    model: nn.Module, path: Path, *, opset: int, batch: int | None, metadata: dict[str, str], log: Log = quiet
+) -> None:
     """Write `model` (already in its export dtype, on the CPU) to `path` as ONNX.
 
-    batch None: dynamic batch dimension named "batch"; else fixed.
+    batch None: dynamic batch dimension named "batch"; else fixed. Weights above EXTERNAL_DATA_BYTES
+    go to `path`.data (see `save`). Everything the exporter built is freed before this returns.
     """
     wrapper = ExportModule(model).eval()
     x = example_input(model, batch or 2, next(model.parameters()).dtype)
     warm_up(model, x)
     dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
-    with quiet_exporter():
+    with quiet_exporter(log):
         try:
             program = torch.onnx.export(
                 wrapper,
@@ -92,7 +128,7 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, 
                 dynamic_shapes=dynamic,
                 custom_translation_table={torch.ops.aten.sort.stable: _sort_stable},
                 optimize=True,
-                verbose=False,
+                verbose=True,  # its step lines become progress (_ExporterProgress); stdout is captured
             )
         except Exception as e:  # the exporter raises many types; the root cause says what failed
             raise StaError(f"ONNX export failed: {root_cause(e)}") from e
@@ -102,7 +138,23 @@ def export_onnx(model: nn.Module, path: Path, *, opset: int, batch: int | None, 
         "pruning stage, kept_positions_s (original token indices kept). See metadata 'sta' and 'io'."
     )
     program.model.metadata_props.update(metadata)
-    program.save(str(path))  # weights go to an external file only above protobuf's 2 GB limit
+    save(program, path, log)
+    del program
+    gc.collect()  # the ONNX IR graph is full of reference cycles: free its weight copies now
+
+
+def weight_bytes(program) -> int:
+    return sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None)
+
+
+def save(program, path: Path, log: Log = quiet) -> None:
+    """Weights inline up to EXTERNAL_DATA_BYTES, else in `path`.data: an inline file is built as one
+    protobuf in memory, serialised, and parsed whole again by every reader (the checker, shape
+    inference, ONNX Runtime), several copies of the weights each time; external data is written
+    tensor by tensor and the graph file stays small."""
+    external = weight_bytes(program) > EXTERNAL_DATA_BYTES
+    log(f"saving {path.name}" + (f" (weights in {path.name}.data)" if external else ""))
+    program.save(str(path), external_data=external)
 
 
 def metadata_props(model: nn.Module, settings: dict, io: dict) -> dict[str, str]:
@@ -129,13 +181,15 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
     proto = onnx.load(str(path), load_external_data=False)
     ops = collections.Counter(n.op_type for n in proto.graph.node)
     outputs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(proto)
-    del fixed.graph.value_info[:]
-    dim = fixed.graph.input[0].type.tensor_type.shape.dim[0]
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    nodes = len(proto.graph.node)
+    # The batch fixed in place (not on a copy: with inline weights a copy is the whole file again).
+    del proto.graph.value_info[:]
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not dim.HasField("dim_value"):
         dim.dim_value = 2
-    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    del proto
     not_static, token_counts = [], set()
     cfg = model.cfg  # Video Swin's stages have widths embed_dim * 2**i
     widths = {cfg.stage_dim(i) for i in range(len(cfg.depths))} if hasattr(cfg, "stage_dim") else {cfg.embed_dim}
@@ -147,8 +201,8 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
         elif len(dims) == 3 and dims[2].dim_value in widths:
             token_counts.add(dims[1].dim_value)  # (batch, tokens, width) activations
     return {
-        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-        "nodes": len(proto.graph.node),
+        "opset": opset,
+        "nodes": nodes,
         "ops": dict(sorted(ops.items())),
         "topk": ops.get("TopK", 0),
         "forbidden": sorted(op for op in ops if op in FORBIDDEN_OPS),

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from ..errors import ValidationFailed
+from ..log import Log, quiet
 
 OK, FAIL, WARN = "✓", "✗", "!"
 # Near-tie tolerance per graph precision, relative to the largest score in the group: how far the
@@ -288,11 +289,13 @@ def validate(
     fp16: bool,
     extra: list[Check] | None = None,
     tie_tol: float | None = None,
+    log: Log = quiet,
 ) -> dict:
     """Run every case through both models and collect the checks. Raises nothing (see `enforce`).
 
     `reference` is the eager PyTorch model: its STA scores are recorded to judge near ties
-    (tie_tol, relative to each group's largest score; default by precision, TIE_TOL)."""
+    (tie_tol, relative to each group's largest score; default by precision, TIE_TOL). Each run is
+    a step on `log` (a large model takes tens of seconds per run)."""
     tie_tol = tie_tol if tie_tol is not None else TIE_TOL["float16" if fp16 else "float32"]
     checks = list(extra or [])
     if actual_names is not None:  # ONNX declares names; a TorchScript program returns a tuple
@@ -302,6 +305,7 @@ def validate(
             cases = []
     diffs = []
     for case in cases:
+        log(f"validating on {case.label}: the exported model")
         ours = run(case.x)
         if len(ours) != len(names):
             checks.append(
@@ -313,6 +317,7 @@ def validate(
                 )
             )
             break
+        log(f"validating on {case.label}: the PyTorch reference")
         with recording_scores() as record:
             ref = reference(case.x)
         case_checks, diff = compare_case(case, names, ours, ref, atol, [stage_scores(e) for e in record], tie_tol)

@@ -14,10 +14,13 @@ import os
 import pickle
 import re
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from ..errors import StaError
 from ..models.overrides import ArchOverrides, log
@@ -327,23 +330,23 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """One weights file -> state dict on the CPU, without executing code from it."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """One weights file -> state dict on the CPU, without executing code from it.
 
-        try:
-            return load_file(path)
-        except Exception as e:  # safetensors raises its own error types for bad headers and short files
-            raise StaError(
-                f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}"
-            ) from None
+    Memory: each tensor is held once. safetensors files are read with pread, not mapped (a mapping's
+    pages would count against the process on top of the copies); zip-format PyTorch files are mapped
+    read-only-private by `torch.load(mmap=True)`, so what is never touched (an optimizer's state in
+    a training checkpoint) is never read. Inside `sharing_weights`, a tensor equal to one the caller
+    already holds is that tensor.
+    """
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     if not _looks_like_torch_file(path):
         raise StaError(f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor safetensors")
     try:
         # Its warnings (an unusual pickle protocol, ...) are about the file sta is judging here.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
         text = _ANSI.sub("", str(e))
         if m := _UNSAFE_GLOBAL.search(text):
@@ -361,7 +364,27 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise StaError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
         ) from None
-    return _unwrap(obj, path)
+    return {k: _shared(k, v) for k, v in _unwrap(obj, path).items()}
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.load can map only the zip format (torch >= 1.6); the legacy pickle format is read whole."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        try:
+            handle = safe_open(path, framework="pt", backend="pread")
+        except TypeError:  # safetensors < 0.8 has no pread backend: it maps the file
+            handle = safe_open(path, framework="pt")
+        with handle as f:
+            return {k: _shared(k, f.get_tensor(k)) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise StaError(f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}") from None
 
 
 def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -369,3 +392,55 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     for f in files:
         sd.update(read_weights(f))
     return sd
+
+
+# --- holding weights once ---------------------------------------------------------------------------
+
+_SHARED: ContextVar[dict[str, torch.Tensor] | None] = ContextVar("sta_shared_weights", default=None)
+
+
+@contextmanager
+def sharing_weights(tensors: dict[str, torch.Tensor]):
+    """While active, a tensor read from a file that is bitwise equal to `tensors[same key]` is
+    returned as that tensor: reloading a model just written (to check the file) costs no second
+    copy of its weights, and a tensor that differs is still read as it is in the file."""
+    token = _SHARED.set({k: v.detach() for k, v in tensors.items()})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared(key: str, t: torch.Tensor) -> torch.Tensor:
+    known = (_SHARED.get() or {}).get(key)
+    if known is not None and known.dtype == t.dtype and known.shape == t.shape and torch.equal(known, t):
+        return known
+    return t
+
+
+@contextmanager
+def empty_parameters():
+    """Build modules with their parameters on the meta device: no memory and no random
+    initialisation for weights a checkpoint replaces at once (`load_state_dict(assign=True)`).
+    Buffers (computed tables such as a sinusoid position table) are built as usual."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a compact copy if it is a view into a larger storage (a slice of a fused tensor):
+    a parameter assigned from a view would keep the whole storage alive, and safetensors refuses
+    to save tensors that share memory."""
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)

@@ -58,19 +58,28 @@ def check_fit(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], wh
         raise StaError(f"{what} does not fit the model: " + "; ".join(problems))
 
 
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict that names unknown, missing and mis-shaped keys in one StaError."""
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: str, assign: bool = False) -> None:
+    """load_state_dict that names unknown, missing and mis-shaped keys in one StaError; assign=True
+    makes the tensors the model's own (no copy: see `build_checked`)."""
+    from ..io.checkpoints import owned
+
     expected = model.state_dict()
     check_fit(expected, sd, what)
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()})
+    sd = {k: v.to(expected[k].dtype) for k, v in sd.items()}
+    model.load_state_dict({k: owned(v) for k, v in sd.items()} if assign else sd, assign=assign)
 
 
 def build_checked(make: Callable[[], nn.Module], sd: dict[str, torch.Tensor], what: str) -> nn.Module:
-    """make() on the meta device first (no memory), check the weights fit, then build and load for real."""
+    """make() on the meta device first (no memory), check the weights fit, then build it with its
+    parameters on the meta device (no random initialisation) and make the weights its parameters:
+    they are held once."""
+    from ..io.checkpoints import empty_parameters
+
     with torch.device("meta"):
         check_fit(make().state_dict(), sd, what)
-    model = make()
-    load_strict(model, sd, what)
+    with empty_parameters():
+        model = make()
+    load_strict(model, sd, what, assign=True)
     return model
 
 

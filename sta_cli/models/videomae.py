@@ -299,12 +299,15 @@ def _fuse_qkv(sd: dict[str, torch.Tensor], consumed: set[str]) -> dict[str, torc
     for i in layers:
         pre = f"blocks.{i}.attn."
         w = [sd.get(pre + f"{p}_weight") for p in "qkv"]
-        if any(t is None for t in w):
+        fused = sd.get(pre + "qkv.weight")  # already fused (original layout): kept as it is, no copy
+        if fused is None and any(t is None for t in w):
             continue  # reported as missing by the caller
-        out[pre + "qkv.weight"] = torch.cat(w)
+        if fused is None:
+            out[pre + "qkv.weight"] = torch.cat(w)
         biases = [sd.get(pre + f"{p}_bias") for p in "qkv"]
         if biases[0] is not None or biases[2] is not None:
-            zeros = torch.zeros_like(w[0][:, 0])
+            dim = fused.shape[0] // 3 if fused is not None else w[0].shape[0]
+            zeros = torch.zeros(dim, dtype=(fused if fused is not None else w[0]).dtype)
             out[pre + "qkv.bias"] = torch.cat([b if b is not None else zeros for b in biases])
         consumed.update(pre + f"{p}_{t}" for p in "qkv" for t in ("weight", "bias"))
     return out
@@ -356,11 +359,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     mm = any(k.startswith("backbone.") for k in state_dict)
     for key, t in state_dict.items():
         new = _rename_hf(key) if hf else _rename_mmaction(key) if mm else key
-        m = re.match(r"^blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$", new)
-        if m and m.group(2) == "qkv.weight":
-            for j, p in enumerate("qkv"):
-                staged[f"blocks.{m.group(1)}.attn.{p}_weight"] = t.chunk(3)[j]
-            continue
+        m = re.match(r"^blocks\.(\d+)\.attn\.(q_bias|v_bias)$", new)
         if m:
             new = f"blocks.{m.group(1)}.attn.{m.group(2)[0]}_bias"
         staged[new] = t

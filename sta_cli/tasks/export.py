@@ -360,7 +360,11 @@ def _writer(job: _Job, mode: str, force: bool, log: Log):
 def _write_format(job: _Job, path: Path, log: Log) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """Write the model file; returns how to run it for validation."""
     t0 = time.perf_counter()
-    exported = copy.deepcopy(job.model).to(dtype=job.request.dtype)  # the caller's model stays as it is
+    r = job.request
+    if r.format == "onnx" and r.dtype == torch.float32:
+        exported = job.model  # the exporter leaves the module as it is: no second copy of the weights
+    else:
+        exported = copy.deepcopy(job.model).to(dtype=r.dtype)  # the caller's model stays as it is
     if job.request.format == "onnx":
         run = _write_onnx(job, exported, path, log)
     else:
@@ -376,7 +380,7 @@ def _write_onnx(job: _Job, exported: nn.Module, path: Path, log: Log):
     log(f"exporting ONNX (opset {r.opset}, {r.describe()})")
     spec = {"inputs": report.inputs, "outputs": report.outputs}
     metadata = onnx_export.metadata_props(model, report.sta, spec)
-    onnx_export.export_onnx(exported, path, opset=r.opset, batch=r.batch, metadata=metadata)
+    onnx_export.export_onnx(exported, path, opset=r.opset, batch=r.batch, metadata=metadata, log=log)
     report.opset = r.opset
     report.exporter = f"torch.onnx.export(dynamo=True) (torch {torch.__version__}, onnxscript {_version('onnxscript')})"
     log("checking the graph (onnx.checker, shape inference)")
@@ -426,7 +430,7 @@ def _validate(job: _Job, run, path: Path, log: Log) -> None:
     if r.validate_outputs:
         log(f"validating against {report.reference} ({report.runtime})")
         declared = _declared_outputs(path) if r.format == "onnx" else None
-        result = validate(run, reference, cases, names, declared, r.atol, r.fp16, extra)
+        result = validate(run, reference, cases, names, declared, r.atol, r.fp16, extra, log=log)
     else:
         checks = [c.__dict__ for c in extra]
         result = {"atol": r.atol, "max_abs_diff": None, "cases": [], "checks": checks, "skipped": True}

@@ -15,7 +15,7 @@ from ..errors import ValidationFailed
 from ..flops import FLOPS_LABEL, gflops
 from ..io import outputs
 from ..io.artifact import ARTIFACT, write_manifest, write_model
-from ..io.checkpoints import Source, resolve
+from ..io.checkpoints import Source, resolve, sharing_weights
 from ..log import Log, quiet
 from ..models import build_from_source
 from ..models.overrides import ArchOverrides
@@ -219,7 +219,8 @@ def _write(out: Path, force: bool, model: nn.Module, sta: STAConfig, x, ref, rep
     with outputs.new_folder(out, force) as tmp:
         write_model(tmp, model, sta)
         # The artifact must stand on its own: reload it unpruned and compare with the source.
-        reloaded = from_source(resolve(str(tmp)), r1=0)
+        with sharing_weights(model.state_dict()):  # what equals the model's bytes is not held twice
+            reloaded = from_source(resolve(str(tmp)), r1=0)
         diff = (reloaded(x) - ref).abs().max().item()
         report.validation.reproduces_source = Reproduction(diff, diff <= REPRODUCE_ATOL)
         if not diff <= REPRODUCE_ATOL:  # NaN compares False: it fails too
