@@ -32,7 +32,7 @@ import torch
 
 from sta_cli.export.onnx import export_onnx
 from sta_cli.flops import gflops
-from sta_cli.models import videomae as vm
+from sta_cli.models.layers import StaScoring
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 
@@ -59,23 +59,26 @@ def random_model(cfg: VideoMAEConfig, seed: int = 0) -> VideoMAE:
     return model
 
 
-@contextmanager
-def fixed_selection():
-    """Replace STA's token selection with a fixed one: per group, the first n - r tokens."""
-    real = vm.stage_keep_indices
+class FixedSelection(StaScoring):
+    """STA's scoring swapped for a fixed selection: per group, the first n - r tokens (no scores computed)."""
 
-    def fixed(x, metric, positions, stage, cfg, stage_index, grid_hw):
+    def forward(self, metric, x, positions, stage, sta, stage_index, grid_hw):
         B, N, _ = x.shape
         n = N // stage.groups
         keep = torch.arange(n - stage.drop)
         idx = (keep[None, :] + n * torch.arange(stage.groups)[:, None]).reshape(-1)
         return idx.expand(B, -1)
 
-    vm.stage_keep_indices = fixed
+
+@contextmanager
+def fixed_selection(model):
+    """`model` with its StaScoring module replaced by FixedSelection for the duration of the block."""
+    real = model.sta_scoring
+    model.sta_scoring = FixedSelection()
     try:
-        yield
+        yield model
     finally:
-        vm.stage_keep_indices = real
+        model.sta_scoring = real
 
 
 def session(path: Path, threads: int, profile: bool = False):
@@ -153,7 +156,7 @@ def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict
         log(f"ViT-{size} r1={r1}: exported in {time.perf_counter() - t0:.0f}s, {flops[r1]:.1f} GFLOPs")
         sessions[r1] = session(path, threads)
     model.set_sta(STAConfig(r1=64))
-    with fixed_selection():
+    with fixed_selection(model):
         export_onnx(model, workdir / f"{size}-r64-fixed.onnx", opset=18, batch=None, metadata={})
     fixed = session(workdir / f"{size}-r64-fixed.onnx", threads)
 

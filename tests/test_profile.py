@@ -6,6 +6,7 @@ assertions: only that the numbers exist and are consistent).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,16 +20,18 @@ from test_video import make_bad_inputs, write_video  # noqa: E402  (tests/ is on
 from typer.testing import CliRunner
 
 import sta_cli
-from sta_cli import profile as prof
-from sta_cli import vis
 from sta_cli.cli import app
 from sta_cli.errors import StaError
 from sta_cli.flops import FLOPS_LABEL
 from sta_cli.io.video import denormalise, load_clip
 from sta_cli.models import registry
 from sta_cli.pruning import STAConfig
+from sta_cli.runtime import loading
 from sta_cli.runtime.loading import paper_r1
+from sta_cli.runtime.measure import scoring_timer
 from sta_cli.runtime.predict import count_params
+from sta_cli.tasks import profile as prof
+from sta_cli.tasks import vis
 
 runner = CliRunner()
 
@@ -56,7 +59,9 @@ def artifact(tmp_path_factory, hub_folder) -> Path:
 
 
 def test_report_side_by_side(hub_folder, clip_file):
-    r = prof.profile(clip_file, str(hub_folder), runs=1, views="2x2")
+    report = prof.profile(clip_file, str(hub_folder), runs=1, views="2x2")
+    assert isinstance(report.agreement.top5_overlap, float) and report.pruned.torch.sta_scoring_ms > 0
+    r = dataclasses.asdict(report)  # the --json view
     model = sta_cli.load(str(hub_folder))
     n_t, h, w = model.cfg.grid
     assert r["sta"]["r1"] == paper_r1(model) == round(64 * h * w / 196)
@@ -82,18 +87,15 @@ def test_report_side_by_side(hub_folder, clip_file):
     assert r["onnx"] is None and u["onnxruntime"] is None and r["warnings"] == []
 
 
-def test_scoring_timer_times_every_selection_and_restores(hub_folder):
-    from sta_cli.models import videomae
-
+def test_scoring_timer_times_every_stage_with_hooks_and_removes_them(hub_folder):
     model = sta_cli.load(str(hub_folder), r1=4)
     x = torch.randn(2, 3, 8, 64, 64)
     ref = model(x)
-    original = videomae.stage_keep_indices
-    with prof.scoring_timer(model, x.device) as spent:
+    with scoring_timer(model, x.device) as spent:
         out = model(x)
     assert torch.equal(out, ref)
-    assert len(spent) == 2 * len(model.stages) and all(s > 0 for s in spent)  # similarity + selection per stage
-    assert videomae.stage_keep_indices is original
+    assert len(spent) == len(model.stages) and all(s > 0 for s in spent)  # one scoring call per STA stage
+    assert not model.sta_scoring._forward_hooks and not model.sta_scoring._forward_pre_hooks
 
 
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
@@ -111,7 +113,7 @@ def test_artifact_r1_and_onnx(artifact, clip_file, tmp_path):
         output_names=["logits"],
         dynamic_axes={"pixel_values": {0: "batch"}},
     )
-    r = prof.profile(clip_file, str(artifact), onnx=onnx_file, runs=1, batch=2)
+    r = dataclasses.asdict(prof.profile(clip_file, str(artifact), onnx=onnx_file, runs=1, batch=2))
     assert r["sta"]["r1"] == 4 and any("artifact's own setting" in n for n in r["notes"])
     assert r["onnx"]["matches"] == "unpruned" and r["onnx"]["max_abs_diff"]["unpruned"] < 1e-4
     assert r["onnx"]["max_abs_diff"]["pruned"] > 1e-4
@@ -133,7 +135,7 @@ def test_vis_whitens_dropped_tokens(hub_folder, clip_file, tmp_path):
 
     model = sta_cli.load(str(hub_folder), r1=4)
     x = load_clip(clip_file, model.preprocessing)
-    path = prof.draw_kept_tokens(model, x, model.preprocessing, tmp_path / "kept.png")
+    path = vis.draw_kept_tokens(model, x, model.preprocessing, tmp_path / "kept.png")
     _, kept = model.forward_with_positions(x)
     img = np.asarray(Image.open(path).convert("RGB")).astype(int)
     frames = denormalise(x[0], model.preprocessing)
@@ -157,7 +159,9 @@ def test_vis_whitens_dropped_tokens(hub_folder, clip_file, tmp_path):
 
 
 def test_sweep_table_and_plot(hub_folder, clip_file, tmp_path):
-    r = prof.profile(clip_file, str(hub_folder), r1=4, runs=1, sweep_r1="0,2,4", vis=tmp_path / "kept.png")
+    r = dataclasses.asdict(
+        prof.profile(clip_file, str(hub_folder), r1=4, runs=1, sweep_r1="0,2,4", vis=tmp_path / "kept.png")
+    )
     rows = r["sweep"]["rows"]
     assert [row["r1"] for row in rows] == [0, 2, 4]
     assert rows[0]["sta"]["top1_agreement"] == 1 and rows[0]["sta"]["logit_cosine"] == pytest.approx(1, abs=1e-5)
@@ -241,7 +245,7 @@ def test_cli_bad_options(hub_folder, clip_file, args, phrase):
 
 def test_no_model_no_artifact_no_demo(tmp_path, clip_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(prof, "demo_model", lambda: None)
+    monkeypatch.setattr(loading, "demo_model", lambda: None)
     result = runner.invoke(app, ["profile", str(clip_file)])
     assert result.exit_code != 0 and "no model given" in result.stderr
 

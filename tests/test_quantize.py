@@ -81,13 +81,13 @@ def test_scores_stay_float32(demo_int8):
 
 
 def test_profile_times_the_int8_graph(demo_int8):
-    from sta_cli.profile import profile
+    from sta_cli.tasks.profile import profile
 
     folder, _ = demo_int8
     report = profile(model=folder, runs=2)
-    assert report["onnx_int8"]["file"].endswith("model.int8.onnx")
-    assert report["pruned"]["onnxruntime_int8"]["latency_ms"] > 0
-    assert report["onnx_int8"]["logit_cosine_vs_pruned"] >= q.MIN_COSINE
+    assert report.onnx_int8.file.endswith("model.int8.onnx")
+    assert report.pruned.onnxruntime_int8.latency_ms > 0
+    assert report.onnx_int8.logit_cosine_vs_pruned >= q.MIN_COSINE
 
 
 def test_accuracy_drop_past_the_threshold_fails_and_writes_nothing(tmp_path, monkeypatch):
@@ -160,8 +160,8 @@ def test_bad_quantize_arguments(tmp_path, args, message):
 
 
 def test_sessions_do_not_spin(demo_int8):
-    from sta_cli.profile import onnx_session
     from sta_cli.runtime.ort import session as ort_session
+    from sta_cli.tasks.profile_onnx import onnx_session
 
     folder, _ = demo_int8
     for session in (ort_session(folder / "model.int8.onnx", "cpu")[0], onnx_session(folder / "model.onnx")):

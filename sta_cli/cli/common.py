@@ -138,9 +138,9 @@ def default_model(command: str, spec: str | None, demo: bool = False) -> str | N
     found = local_artifact(command)
     if found is not None:
         return str(found)
-    from .. import profile
+    from ..runtime import loading
 
-    name = profile.demo_model() if demo else None
+    name = loading.demo_model() if demo else None
     if name is not None:
         err.print(f"{command}: no model given and no artifact here: using the packaged demo model")
     return name

@@ -11,6 +11,7 @@ import typer
 
 from ..errors import StaError
 from ..flops import FLOPS_LABEL
+from ..tasks.evaluate.summary import EvalSummary
 from . import common as c
 from . import options as o
 
@@ -121,10 +122,7 @@ def eval_command(
             help="Folder that relative paths in the list are relative to (default: the list's folder).",
         ),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option("--device", metavar="DEVICE", help="cpu or cuda (default: cuda:LOCAL_RANK when available)."),
-    ] = None,
+    device: o.Device = "auto",
     precision: Annotated[
         str,
         typer.Option(
@@ -147,7 +145,7 @@ def eval_command(
     """
     import os
 
-    from ..evaluate import evaluate
+    from ..tasks.evaluate.run import evaluate
 
     main_rank = os.environ.get("RANK", "0") == "0"
     model = c.default_model("eval", model, demo=True)
@@ -191,26 +189,26 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def print_summary(s: dict) -> None:
+def print_summary(s: EvalSummary) -> None:
     from rich.table import Table
 
-    v = s["videos"]
-    table = Table(title=f"{s['model']['name']} on {v['evaluated']} videos, {s['views']} views", header_style="bold")
+    v = s.videos
+    table = Table(title=f"{s.model.name} on {v.evaluated} videos, {s.views} views", header_style="bold")
     for name in ("r1", "tokens", "GFLOPs/clip", "top-1 %", "top-5 %", "agree %", "clips/s"):
         table.add_column(name, justify="right")
-    for row in s["settings"]:
+    for row in s.settings:
         table.add_row(
-            "unpruned" if row["r1"] == 0 else str(row["r1"]),
-            str(row["tokens"][-1]) if row["tokens"] else "-",
-            f"{row['gflops_per_clip']:.2f}",
-            _pct(row["top1"]),
-            _pct(row["top5"]),
-            _pct(row["agreement_with_unpruned"]),
-            "-" if row["clips_per_s"] is None else f"{row['clips_per_s']:.1f}",
+            "unpruned" if row.r1 == 0 else str(row.r1),
+            str(row.tokens[-1]) if row.tokens else "-",
+            f"{row.gflops_per_clip:.2f}",
+            _pct(row.top1),
+            _pct(row.top5),
+            _pct(row.agreement_with_unpruned),
+            "-" if row.clips_per_s is None else f"{row.clips_per_s:.1f}",
         )
     c.out.print(table)
     c.out.print(f"{FLOPS_LABEL}; agree = same top-1 as the unpruned model; tokens = after the last STA stage")
-    if v["failed"]:
-        names = ", ".join(f["path"] for f in s["failed"][:5]) + (" ..." if v["failed"] > 5 else "")
-        c.out.print(f"{v['failed']} of {v['total']} videos could not be read and are not counted: {names}")
-    c.out.print(f"results in {s['output']}/summary.json, per-video predictions in {s['output']}/predictions.jsonl")
+    if v.failed:
+        names = ", ".join(f.path for f in s.failed[:5]) + (" ..." if v.failed > 5 else "")
+        c.out.print(f"{v.failed} of {v.total} videos could not be read and are not counted: {names}")
+    c.out.print(f"results in {s.output}/summary.json, per-video predictions in {s.output}/predictions.jsonl")

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..flops import FLOPS_LABEL
+from ..runtime.measure import OnnxTiming, Timing
+from ..tasks.profile import ProfileReport, Sweep
 from . import common as c
 from . import options as o
 
@@ -66,7 +69,7 @@ def profile(
         int | None,
         typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu or cuda.")] = "cpu",
+    device: o.Device = "auto",
     compile: o.Compile = False,
     revision: o.Revision = None,
     token: o.Token = None,
@@ -75,10 +78,10 @@ def profile(
     arch=None,
 ):
     """Profile a model on a video: top-5 labels, parameters, GFLOPs, tokens, latency, unpruned vs pruned."""
-    from .. import profile as lib
+    from ..tasks.profile import profile as run_profile
 
     model = c.default_model("profile", model, demo=True)
-    report = lib.profile(
+    report = run_profile(
         clip,
         model,
         r1=r1,
@@ -99,7 +102,7 @@ def profile(
         note=lambda m: c.err.print(f"profile: {m}"),
         **sta_options,
     )
-    for w in report["warnings"]:
+    for w in report.warnings:
         c.err.print(f"[yellow]warning:[/yellow] {w}")
     if json:
         c.print_json(report)
@@ -107,90 +110,96 @@ def profile(
     print_report(report)
 
 
-def _timing(t: dict | None) -> str:
-    return f"{t['latency_ms']:.1f} ms · {t['throughput_clips_per_s']:.2f} clips/s" if t else "-"
+def _timing(t: Timing | None) -> str:
+    return f"{t.latency_ms:.1f} ms · {t.throughput_clips_per_s:.2f} clips/s" if t else "-"
 
 
-def print_report(r: dict) -> None:
+def print_report(r: ProfileReport) -> None:
     from rich.table import Table
 
-    from ..flops import FLOPS_LABEL
-
-    u, p = r["unpruned"], r["pruned"]
-    clip = r["clip"]
-    where = Path(clip["path"]).name if clip.get("path") else "synthetic clip"
-    d = r["device"]
+    u, p, clip, d = r.unpruned, r.pruned, r.clip, r.device
+    where = Path(clip.path).name if clip.path else "synthetic clip"
     title = (
-        f"{r['model']['name']} on {where} ({clip['views']} views) · STA r1={r['sta']['r1']} · {d['type']}, "
-        f"{d['torch_threads']} threads, batch {d['batch']}"
+        f"{r.model.name} on {where} ({clip.views} views) · STA r1={r.sta['r1']} · {d.type}, "
+        f"{d.torch_threads} threads, batch {d.batch}"
     )
     table = Table(show_header=True, header_style="bold", title=title)
     table.add_column("")
     table.add_column("unpruned", justify="right")
     table.add_column("pruned", justify="right")
-    for i in range(max(len(u["top5"]), len(p["top5"]))):
-        cells = [f"{s['top5'][i]['label']} {s['top5'][i]['prob']:.1%}" if i < len(s["top5"]) else "" for s in (u, p)]
+    for i in range(max(len(u.top5), len(p.top5))):
+        cells = [f"{s.top5[i].label} {s.top5[i].prob:.1%}" if i < len(s.top5) else "" for s in (u, p)]
         table.add_row(f"top-{i + 1}" if i else "top-1", *cells)
-    table.add_row("parameters", f"{u['params']:,}", f"{p['params']:,}")
-    cut = 1 - p["gflops"] / u["gflops"] if u["gflops"] else 0.0
-    table.add_row(FLOPS_LABEL, f"{u['gflops']:.3g}", f"{p['gflops']:.3g} (-{cut:.0%})")
+    table.add_row("parameters", f"{u.params:,}", f"{p.params:,}")
+    cut = 1 - p.gflops / u.gflops if u.gflops else 0.0
+    table.add_row(FLOPS_LABEL, f"{u.gflops:.3g}", f"{p.gflops:.3g} (-{cut:.0%})")
     table.add_row(
-        "tokens per stage", " -> ".join(map(str, u["tokens_per_stage"])), " -> ".join(map(str, p["tokens_per_stage"]))
+        "tokens per stage", " -> ".join(map(str, u.tokens_per_stage)), " -> ".join(map(str, p.tokens_per_stage))
     )
-    table.add_row(f"torch eager ({u['torch']['runs']} runs, median)", _timing(u["torch"]), _timing(p["torch"]))
-    if u.get("torch_compiled"):
-        table.add_row("torch compiled", _timing(u["torch_compiled"]), _timing(p["torch_compiled"]))
+    _timing_rows(table, r)
+    c.out.print(table)
+    if isinstance(u.onnxruntime, OnnxTiming) and u.onnxruntime.exported_for_comparison:
+        c.out.print(f"* the unpruned model, exported to ONNX here to compare with {Path(r.onnx.file).name}")
+    a = r.agreement
+    c.out.print(
+        f"pruned vs unpruned over {clip.views} views: top-1 agreement {a.top1_agreement:.0%}, top-5 overlap "
+        f"{a.top5_overlap:.0%}, logit cosine {a.logit_cosine:.4f}"
+    )
+    if r.onnx is not None and r.onnx.matches is None:
+        c.out.print(
+            f"{r.onnx.file} matches neither model (max abs logit diff {r.onnx.max_abs_diff}); "
+            f"ONNX Runtime: {_timing(r.onnx.timing)}"
+        )
+    if r.vis:
+        c.out.print(f"kept tokens drawn to {r.vis}")
+    if r.sweep:
+        print_sweep(r.sweep)
+
+
+def _timing_rows(table, r: ProfileReport) -> None:
+    u, p = r.unpruned, r.pruned
+    table.add_row(f"torch eager ({u.torch.runs} runs, median)", _timing(u.torch), _timing(p.torch))
+    if u.torch_compiled:
+        table.add_row("torch compiled", _timing(u.torch_compiled), _timing(p.torch_compiled))
         table.add_row(
             "  compile time (first call)",
-            f"{u['torch_compiled']['compile_seconds']:.1f} s",
-            f"{p['torch_compiled']['compile_seconds']:.1f} s",
+            f"{u.torch_compiled.compile_seconds:.1f} s",
+            f"{p.torch_compiled.compile_seconds:.1f} s",
         )
-    if r["onnx"] is not None:
-        note = " *" if (u["onnxruntime"] or {}).get("exported_for_comparison") else ""
-        table.add_row("ONNX Runtime (CPU)", _timing(u["onnxruntime"]) + note, _timing(p["onnxruntime"]))
-    if p.get("onnxruntime_int8"):
-        table.add_row("ONNX Runtime int8 (CPU)", "-", _timing(p["onnxruntime_int8"]))
-    share = p["torch"].get("sta_scoring_share")
+    if r.onnx is not None:
+        note = " *" if isinstance(u.onnxruntime, OnnxTiming) and u.onnxruntime.exported_for_comparison else ""
+        table.add_row("ONNX Runtime (CPU)", _timing(u.onnxruntime) + note, _timing(p.onnxruntime))
+    if p.onnxruntime_int8:
+        table.add_row("ONNX Runtime int8 (CPU)", "-", _timing(p.onnxruntime_int8))
+    share = p.torch.sta_scoring_share
     table.add_row("STA scoring share of the time", "", f"{share:.1%}" if share is not None else "-")
-    c.out.print(table)
-    if (u.get("onnxruntime") or {}).get("exported_for_comparison"):
-        c.out.print(f"* the unpruned model, exported to ONNX here to compare with {Path(r['onnx']['file']).name}")
-    a = r["agreement"]
-    overlap = next(v for k, v in a.items() if k.endswith("_overlap"))
-    c.out.print(
-        f"pruned vs unpruned over {clip['views']} views: top-1 agreement {a['top1_agreement']:.0%}, top-5 overlap "
-        f"{overlap:.0%}, logit cosine {a['logit_cosine']:.4f}"
+
+
+def print_sweep(sweep: Sweep) -> None:
+    from rich.table import Table
+
+    table = Table(
+        "r1",
+        FLOPS_LABEL,
+        "tokens",
+        "STA top-1 agr.",
+        "random top-1 agr.",
+        "STA cosine",
+        "random cosine",
+        "clips/s",
+        header_style="bold",
+        title="r1 sweep (random: mean of 3 seeds)",
     )
-    if r["onnx"] is not None and r["onnx"]["matches"] is None:
-        c.out.print(
-            f"{r['onnx']['file']} matches neither model (max abs logit diff {r['onnx']['max_abs_diff']}); "
-            f"ONNX Runtime: {_timing(r['onnx']['timing'])}"
+    for row in sweep.rows:
+        table.add_row(
+            str(row.r1),
+            f"{row.gflops:.3g}",
+            " -> ".join(map(str, row.tokens_per_stage)),
+            f"{row.sta.top1_agreement:.0%}",
+            f"{row.random.top1_agreement:.0%}",
+            f"{row.sta.logit_cosine:.4f}",
+            f"{row.random.logit_cosine:.4f}",
+            f"{row.throughput:.2f}",
         )
-    if r["vis"]:
-        c.out.print(f"kept tokens drawn to {r['vis']}")
-    if r["sweep"]:
-        sweep = Table(
-            "r1",
-            FLOPS_LABEL,
-            "tokens",
-            "STA top-1 agr.",
-            "random top-1 agr.",
-            "STA cosine",
-            "random cosine",
-            "clips/s",
-            header_style="bold",
-            title="r1 sweep (random: mean of 3 seeds)",
-        )
-        for row in r["sweep"]["rows"]:
-            sweep.add_row(
-                str(row["r1"]),
-                f"{row['gflops']:.3g}",
-                " -> ".join(map(str, row["tokens_per_stage"])),
-                f"{row['sta']['top1_agreement']:.0%}",
-                f"{row['random']['top1_agreement']:.0%}",
-                f"{row['sta']['logit_cosine']:.4f}",
-                f"{row['random']['logit_cosine']:.4f}",
-                f"{row['throughput']:.2f}",
-            )
-        c.out.print(sweep)
-        c.out.print(f"sweep plot written to {r['sweep']['png']}")
+    c.out.print(table)
+    c.out.print(f"sweep plot written to {sweep.png}")

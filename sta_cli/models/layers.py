@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..pruning import STAConfig, Stage, stage_keep_indices
 
 
 class Mlp(nn.Module):
@@ -17,6 +21,26 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
+
+
+class StaScoring(nn.Module):
+    """STA's token scoring at one stage as a module call: the similarity feature (`metric()`), then
+    the indices to keep (`pruning.stage_keep_indices`). No parameters, and the same ops as calling
+    the functions directly: being a module only gives tools a clean place to hook, e.g. `sta profile`
+    times it with forward hooks (runtime.measure.scoring_timer) and a benchmark can swap it for a
+    fixed selection."""
+
+    def forward(
+        self,
+        metric: Callable[[], torch.Tensor],
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        stage: Stage,
+        sta: STAConfig,
+        stage_index: int,
+        grid_hw: tuple[int, int],
+    ) -> torch.Tensor:  # x (B, N, C), positions (B, N) -> kept indices into N (B, N - drops)
+        return stage_keep_indices(x, metric(), positions, stage, sta, stage_index, grid_hw)
 
 
 class PrunedClassifier(nn.Module):

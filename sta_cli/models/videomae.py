@@ -12,6 +12,7 @@ fused qkv weight, q and v biases, the key bias zero; optional layer-scale gammas
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -20,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
-from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature, stage_keep_indices
-from .layers import Mlp, PrunedClassifier
+from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature
+from .layers import Mlp, PrunedClassifier, StaScoring
 
 # The released architectures: (embed_dim, depth, patch_size) -> (name, heads). Their weights come
 # with a 16x224^2 input and ImageNet normalisation; heads are not in the weights.
@@ -229,6 +230,7 @@ class VideoMAE(PrunedClassifier):
         self.norm = nn.Identity() if cfg.use_mean_pooling else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.fc_norm_eps) if cfg.use_mean_pooling else nn.Identity()
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        self.sta_scoring = StaScoring()
         self.kept_positions: list[torch.Tensor] = []
         self.set_sta(sta or STAConfig())
 
@@ -265,8 +267,8 @@ class VideoMAE(PrunedClassifier):
             x, qkv = blk(x)
             s = self._stage_at.get(i)
             if s is not None:
-                metric = similarity_feature(self.sta.similarity, x, qkv)
-                idx = stage_keep_indices(x, metric, positions, self.stages[s], self.sta, s, self.cfg.grid[1:])
+                metric = functools.partial(similarity_feature, self.sta.similarity, x, qkv)
+                idx = self.sta_scoring(metric, x, positions, self.stages[s], self.sta, s, self.cfg.grid[1:])
                 x, positions = gather_tokens(x, idx), gather_tokens(positions, idx)
                 kept.append(positions)
         x = self.norm(x)

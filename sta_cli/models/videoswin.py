@@ -43,9 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
-from ..pruning import STAConfig, gather_tokens, stage_keep_indices
+from ..pruning import STAConfig, gather_tokens
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
-from .layers import Mlp, PrunedClassifier
+from .layers import Mlp, PrunedClassifier, StaScoring
 
 # The released architectures (torchvision's swin3d_{t,s,b} and the original release): (embed_dim,
 # depths) -> name. Their weights come with a 32x224^2 input and ImageNet normalisation.
@@ -425,6 +425,7 @@ class VideoSwin(PrunedClassifier):
         self.layers = nn.ModuleList(SwinStage(i, cfg) for i in range(4))
         self.norm = nn.LayerNorm(cfg.stage_dim(3), eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.stage_dim(3), cfg.num_classes)
+        self.sta_scoring = StaScoring()
         self.kept_positions: list[torch.Tensor] = []
         self.set_sta(sta or STAConfig())
 
@@ -484,10 +485,12 @@ class VideoSwin(PrunedClassifier):
                         f"STA was planned for {self.cfg.num_frames}x{self.cfg.image_size}^2 clips; this input gives a "
                         f"{'x'.join(map(str, grid))} grid at stage {i + 1}"
                     )
-                metric = self._similarity(x, prev_qkv, prev_fill, prev_grid, self.cfg.num_heads[i - 1])
+                metric = functools.partial(
+                    self._similarity, x, prev_qkv, prev_fill, prev_grid, self.cfg.num_heads[i - 1]
+                )
                 positions = torch.arange(tokens.shape[1], device=x.device).expand(B, -1)
                 kept = (
-                    stage_keep_indices(tokens, metric, positions, step, self.sta, s, grid[1:])
+                    self.sta_scoring(metric, tokens, positions, step, self.sta, s, grid[1:])
                     .sort(dim=-1, stable=True)
                     .values
                 )

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from ..io.checkpoints import Source, resolve
-from ..io.video import load_clip, synthetic_clip
+from ..io.video import VIDEO_SUFFIXES, load_clip, synthetic_clip
 from ..models import build_from_source
 from ..models.overrides import ArchOverrides
+from ..models.registry import ALIASES
 from ..pruning import STAConfig
 
 
@@ -89,3 +90,17 @@ def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch
 
 def default_output(source_name: str, r1: int) -> Path:
     return Path(f"{source_name}-sta-r{r1}")
+
+
+def demo_model() -> str | None:
+    """The packaged demo model's alias, if this install has it."""
+    alias = ALIASES.get("demo")
+    return alias.name if alias is not None and alias.packaged and alias.path.is_dir() else None
+
+
+def demo_clip() -> Path | None:
+    """The sample clip shipped next to the demo model, if any."""
+    if demo_model() is None:
+        return None
+    videos = sorted(p for p in ALIASES["demo"].path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return videos[0] if videos else None

@@ -5,12 +5,20 @@ Both are written by `io.outputs` (atomically; an existing file is replaced only 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn as nn
 
-from .io import outputs
+from ..io import outputs
+from ..io.video import denormalise
+
+if TYPE_CHECKING:
+    from .profile import SweepRow
 
 SOFTWARE = "sta"  # PNG "Software" text chunk: how sta recognises its own pictures
 
@@ -94,30 +102,30 @@ def save_kept_tokens(path: Path, frames, kept, grids, labels) -> Path:
     return write_png(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
-def save_sweep_plot(path: Path, rows: list[dict], title: str) -> Path:
+def save_sweep_plot(path: Path, rows: list[SweepRow], title: str) -> Path:
     """Agreement with the unpruned model (top-1, logit cosine) and throughput against r1, STA vs
-    random pruning (the paper's Fig. 5 on one clip). `rows` as `profile.sweep` returns them."""
+    random pruning (the paper's Fig. 5 on one clip). `rows` as `tasks.profile.sweep` returns them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    r1 = [r["r1"] for r in rows]
+    r1 = [r.r1 for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax1.plot(r1, [r["sta"]["top1_agreement"] for r in rows], "o-", color="C0", label="STA top-1 agreement")
-    ax1.plot(r1, [r["random"]["top1_agreement"] for r in rows], "s--", color="C1", label="random top-1 agreement")
-    ax1.plot(r1, [r["sta"]["logit_cosine"] for r in rows], "o:", color="C0", alpha=0.6, label="STA logit cosine")
-    ax1.plot(r1, [r["random"]["logit_cosine"] for r in rows], "s:", color="C1", alpha=0.6, label="random logit cosine")
+    ax1.plot(r1, [r.sta.top1_agreement for r in rows], "o-", color="C0", label="STA top-1 agreement")
+    ax1.plot(r1, [r.random.top1_agreement for r in rows], "s--", color="C1", label="random top-1 agreement")
+    ax1.plot(r1, [r.sta.logit_cosine for r in rows], "o:", color="C0", alpha=0.6, label="STA logit cosine")
+    ax1.plot(r1, [r.random.logit_cosine for r in rows], "s:", color="C1", alpha=0.6, label="random logit cosine")
     ax1.set(xlabel="r1 (tokens dropped per frame at stage 1)", ylabel="agreement with unpruned", ylim=(-0.05, 1.05))
     ax1.legend(fontsize=8, loc="lower left")
     ax1.grid(alpha=0.3)
-    ax2.plot(r1, [r["throughput"] for r in rows], "o-", color="C2")
+    ax2.plot(r1, [r.throughput for r in rows], "o-", color="C2")
     ax2.set(xlabel="r1", ylabel="throughput (clips/s, torch eager)")
     ax2.grid(alpha=0.3)
     for a, r in zip(r1, rows):
         ax2.annotate(
-            f"{r['gflops']:.3g} GF",
-            (a, r["throughput"]),
+            f"{r.gflops:.3g} GF",
+            (a, r.throughput),
             fontsize=7,
             textcoords="offset points",
             xytext=(0, 6),
@@ -128,3 +136,14 @@ def save_sweep_plot(path: Path, rows: list[dict], title: str) -> Path:
         return write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": SOFTWARE}))
     finally:
         plt.close(fig)
+
+
+@torch.inference_mode()
+def draw_kept_tokens(model: nn.Module, view: torch.Tensor, pre: dict, path: Path) -> Path:
+    """Fig. 4: one view's frames (1, C, T, H, W), one row per STA stage with its dropped tokens whitened."""
+    _, kept = model.forward_with_positions(view)
+    grids = model.kept_grids
+    frames = denormalise(view[0], pre)
+    labels = [f"input: {view.shape[2]} frames"]
+    labels += [f"STA step {i + 1}: {k.shape[1]}/{math.prod(g)} kept" for i, (k, g) in enumerate(zip(kept, grids))]
+    return save_kept_tokens(path, frames, [k[0].cpu().numpy() for k in kept], grids, labels)
