@@ -632,6 +632,7 @@ def _profile(
     if session is not None:
         log(f"timing ONNX Runtime ({onnx_path.name})")
         onnx_report = time_onnx(session, onnx_path, net, sta, x, batch, runs, say)
+        session = None  # its weights are freed before the unpruned model is exported and loaded
         if onnx_report["matches"] is not None:
             side[onnx_report["matches"]]["onnxruntime"] = onnx_report["timing"]
         if onnx_report["matches"] == "pruned" and sta.enabled:
