@@ -160,3 +160,30 @@ def test_sharing_compares_bits_not_values(tmp_path):
     same = torch.tensor([0.0, float("nan"), 1.0])
     with sharing_weights({"w": same}):
         assert read_weights(path)["w"].data_ptr() == same.data_ptr()  # same bits, NaN included
+
+
+@torch.no_grad()
+def test_after_a_near_tie_swap_logits_are_held_to_atol_on_the_graphs_tokens(monkeypatch):
+    """A runtime breaking every tie the other way keeps other tokens in later stages, so its logits
+    differ from PyTorch's; PyTorch re-run on the graph's kept tokens must match them to atol, and a
+    wrong logit still fails."""
+    from test_near_ties import reverse_tie_break, run_validation, tied_model, duplicated_clip
+
+    from sta_cli.errors import ValidationFailed
+    from sta_cli.export.graph import ExportModule
+    from sta_cli.export.validate import enforce
+    from sta_cli.pruning import sta as sta_module
+
+    model, x = tied_model(), duplicated_clip()
+    with monkeypatch.context() as m:
+        m.setattr(sta_module, "stable_argsort", reverse_tie_break)
+        other = [t.clone() for t in ExportModule(model)(x)]
+    assert (other[0] - ExportModule(model)(x)[0]).abs().max() > 1e-2  # other tokens, other logits
+    result = run_validation(lambda t: other, model, x)
+    enforce(result, allow_mismatch=False)
+    close = [c["message"] for c in result["checks"] if c["message"].startswith("all values close")]
+    assert close and close[0].endswith("PyTorch run on the graph's kept tokens)"), close
+    assert sta_module.forced_kept is None
+    wrong = [other[0] + 1e-2, *other[1:]]
+    with pytest.raises(ValidationFailed, match="values not close"):
+        enforce(run_validation(lambda t: wrong, model, x), allow_mismatch=False)
