@@ -13,6 +13,7 @@ what `/usr/bin/time -v` reports as "Maximum resident set size") and wall time ar
 the weights' size and the targets (prune <= 2x the weights, export and profile <= 3x + 1 GB).
 
     python bench/big_models.py --sizes L H --json bench/big_models.json
+    python bench/big_models.py --sizes g --steps prune export      # VideoMAE V2 ViT-g, a .pth by path
     python bench/big_models.py --sizes T --steps prune export      # smoke test (tiny ViT, seconds)
 
 Weights are random: memory and time do not depend on the values.
@@ -38,6 +39,7 @@ SIZES = {
     "L": ("MCG-NJU/videomae-large-finetuned-kinetics", 1024, 24, 16, 4096),
     "H": ("MCG-NJU/videomae-huge-finetuned-kinetics", 1280, 32, 16, 5120),
     "T": ("sta-bench/videomae-tiny-finetuned-kinetics", 64, 4, 2, 256),  # smoke test only
+    "g": None,  # VideoMAE V2 ViT-g (4 GB), a .pth by path: vit_g_shapes
 }
 STEPS = ("prune", "export", "profile")
 
@@ -102,33 +104,58 @@ def hf_shapes(hidden: int, layers: int, mlp: int, classes: int = 400) -> dict[st
     return shapes
 
 
-def make_weights(size: str, hf_home: Path) -> Path:
-    """Random weights for SIZES[size] laid out as huggingface_hub's cache (blobs, snapshot links, refs)."""
+def vit_g_shapes(classes: int = 400) -> dict[str, tuple[int, ...]]:
+    """VideoMAE V2 ViT-g (patch 14, width 1408, 40 blocks, MLP 6144) in the original layout
+    (`modeling_finetune.py`: fused qkv with q/v biases, fc_norm, head), as its .pth files hold it."""
+    d, m = 1408, 6144
+    shapes = {"patch_embed.proj.weight": (d, 3, 2, 14, 14), "patch_embed.proj.bias": (d,)}
+    for i in range(40):
+        p = f"blocks.{i}."
+        shapes.update({p + "norm1.weight": (d,), p + "norm1.bias": (d,), p + "attn.qkv.weight": (3 * d, d)})
+        shapes.update({p + "attn.q_bias": (d,), p + "attn.v_bias": (d,), p + "attn.proj.weight": (d, d)})
+        shapes.update({p + "attn.proj.bias": (d,), p + "norm2.weight": (d,), p + "norm2.bias": (d,)})
+        shapes.update({p + "mlp.fc1.weight": (m, d), p + "mlp.fc1.bias": (m,), p + "mlp.fc2.weight": (d, m)})
+        shapes[p + "mlp.fc2.bias"] = (d,)
+    shapes.update({"fc_norm.weight": (d,), "fc_norm.bias": (d,), "head.weight": (classes, d), "head.bias": (classes,)})
+    return shapes
+
+
+def random_tensors(shapes: dict[str, tuple[int, ...]]) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    norm = ("norm_before.weight", "norm_after.weight", "norm1.weight", "norm2.weight", "fc_norm.weight")
+    return {
+        k: (1 + 0.1 * torch.randn(s, generator=gen)) if k.endswith(norm) else 0.02 * torch.randn(s, generator=gen)
+        for k, s in shapes.items()
+    }
+
+
+def make_weights(size: str, folder: Path) -> str:
+    """Random weights for SIZES[size] -> the --model spec. A Hub repo is laid out as huggingface_hub's
+    cache in folder/hf (blobs, snapshot links, refs); ViT-g is a .pth by path, as it is given out."""
     import torch
     from safetensors.torch import save_file
 
+    if size == "g":
+        path = folder / "vit_g_hybrid_pt_1200e_k710_it_k400_ft.pth"
+        torch.save({"model": random_tensors(vit_g_shapes())}, path)  # utils.save_model's layout
+        return str(path)
     repo_id, hidden, layers, heads, mlp = SIZES[size]
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    repo = folder / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
     snap = repo / "snapshots" / COMMIT
     for d in (repo / "blobs", snap, repo / "refs"):
         d.mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)
-    gen = torch.Generator().manual_seed(0)
-    sd = {}
-    for key, shape in hf_shapes(hidden, layers, mlp).items():
-        if key.endswith("norm_before.weight") or key.endswith("norm_after.weight") or key == "fc_norm.weight":
-            sd[key] = 1 + 0.1 * torch.randn(shape, generator=gen)
-        else:
-            sd[key] = 0.02 * torch.randn(shape, generator=gen)
-    blobs = {"config.json": json.dumps(hf_config(hidden, layers, heads, mlp), indent=2).encode()}
-    for name, data in blobs.items():
-        (repo / "blobs" / name).write_bytes(data)
-    save_file(sd, str(repo / "blobs" / "model.safetensors"), metadata={"format": "pt"})
+    (repo / "blobs" / "config.json").write_text(json.dumps(hf_config(hidden, layers, heads, mlp), indent=2))
+    save_file(
+        random_tensors(hf_shapes(hidden, layers, mlp)), str(repo / "blobs" / "model.safetensors"), {"format": "pt"}
+    )
     for name in ("config.json", "model.safetensors"):
         link = snap / name
         if not link.exists():
             link.symlink_to(Path("..", "..", "blobs", name))
-    return snap
+    return repo_id
 
 
 def run_step(cmd: list[str], env: dict, log: Path) -> dict:
@@ -179,17 +206,19 @@ def target(step: str, weights: float) -> float:
 
 
 def run_size(size: str, work: Path, steps: list[str], clip: Path | None, r1: int) -> dict:
-    hf_home = work / "hf"
-    say(f"{size}: writing random weights into {hf_home}")
-    subprocess.run([sys.executable, __file__, "--make-weights", size, str(hf_home)], check=True)
-    repo_id = SIZES[size][0]
-    snap = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
-    weights = (snap / "model.safetensors").stat().st_size
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    say(f"{size}: writing random weights into {work}")
+    subprocess.run([sys.executable, __file__, "--make-weights", size, str(work)], check=True)
+    spec = (work / "spec.txt").read_text()
+    weights = sum(
+        p.stat().st_size
+        for p in work.rglob("*")
+        if p.suffix in (".safetensors", ".pth") and p.is_file() and not p.is_symlink()
+    )
+    env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
     art = work / f"{size}-r{r1}"
     sta = [sys.executable, "-m", "sta_cli"]
     commands = {
-        "prune": [*sta, "prune", "--model", repo_id, "--r1", str(r1), "-o", str(art), "--force"],
+        "prune": [*sta, "prune", "--model", spec, "--r1", str(r1), "-o", str(art), "--force"],
         "export": [*sta, "export", str(art), "--format", "onnx", "--force"],
         "profile": [*sta, "profile", *([str(clip)] if clip else []), "--model", str(art)],
     }
@@ -207,7 +236,7 @@ def run_size(size: str, work: Path, steps: list[str], clip: Path | None, r1: int
         if row["exit_code"] != 0:
             say(Path(row["log"]).read_text()[-2000:])
             break
-    return {"repo_id": repo_id, "weights_gb": round(weights / GB, 3), "r1": r1, "steps": rows}
+    return {"model": spec, "weights_gb": round(weights / GB, 3), "r1": r1, "steps": rows}
 
 
 def say(msg: str) -> None:
@@ -228,10 +257,11 @@ def main() -> None:
     ap.add_argument("--clip", type=Path, default=None, help="video for sta profile (default: the demo clip)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (logs, artifacts)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
-    ap.add_argument("--make-weights", nargs=2, metavar=("SIZE", "HF_HOME"), help=argparse.SUPPRESS)
+    ap.add_argument("--make-weights", nargs=2, metavar=("SIZE", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_weights:
-        make_weights(args.make_weights[0], Path(args.make_weights[1]))
+        folder = Path(args.make_weights[1])
+        (folder / "spec.txt").write_text(make_weights(args.make_weights[0], folder))
         return
     clip = args.clip or default_clip()
     results = {"clip": str(clip) if clip else None, "sizes": {}}

@@ -114,7 +114,7 @@ def export_onnx(
     """
     wrapper = ExportModule(model).eval()
     x = example_input(model, batch or 2, next(model.parameters()).dtype)
-    warm_up(model, x)
+    warm_up(model, x[:1])  # the cached constants do not depend on the batch; one sample's activations do not add up
     dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
     with quiet_exporter(log):
         try:

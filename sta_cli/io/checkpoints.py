@@ -413,9 +413,14 @@ def sharing_weights(tensors: dict[str, torch.Tensor]):
 
 def _shared(key: str, t: torch.Tensor) -> torch.Tensor:
     known = (_SHARED.get() or {}).get(key)
-    if known is not None and known.dtype == t.dtype and known.shape == t.shape and torch.equal(known, t):
-        return known
-    return t
+    return known if known is not None and _same_bytes(known, t) else t
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (torch.equal would call 0.0 and -0.0 equal, and NaN unequal to itself)."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 @contextmanager

@@ -23,6 +23,10 @@ from .config import STAConfig, Stage
 # Off (None) unless export validation sets a list: each stage then appends what it ranked tokens by,
 # so a swap of near-tied tokens in an exported graph can be told from a real divergence.
 score_record: list | None = None
+# Off (None) unless export validation sets a list (one (B, K) tensor of token positions per stage):
+# each stage then keeps those tokens instead of ranking its own, so PyTorch can run on the tokens a
+# graph kept after breaking a near tie the other way, and its logits can be held to the tolerance.
+forced_kept: list | None = None
 
 
 def single_threaded(fn):
@@ -197,6 +201,10 @@ def stage_keep_indices(
     even/odd split depends on.
     """
     B, N, _ = x.shape
+    if forced_kept:  # index of each given position among this stage's tokens
+        where = torch.zeros(B, int(positions.max()) + 1, dtype=torch.long, device=x.device)
+        where.scatter_(1, positions.flatten(1), torch.arange(N, device=x.device).expand(B, N))
+        return where.gather(1, forced_kept.pop(0).to(x.device))
     G, r = stage.groups, stage.drop
     n = N // G
     keep = n - r

@@ -302,7 +302,10 @@ def _profile(req: ProfileRequest, log: Log, say: Log, notes: list[str]) -> Profi
         warnings=clip_warnings,
     )
     if session is not None:
-        _time_onnx(req, report, session, onnx_path, net, sta, x, log, say)
+        log(f"timing ONNX Runtime ({onnx_path.name})")
+        report.onnx = time_onnx(session, onnx_path, net, sta, x, req.batch, req.runs, say)
+        session = None  # its weights are freed before the unpruned model is exported and loaded
+        _time_other_graphs(req, report, onnx_path, net, sta, x, log, say)
     _pictures(req, report, source, net, sta, x, ref, log)
     net.set_sta(sta)
     return report
@@ -418,11 +421,9 @@ def _time_compiled(net: nn.Module, configs: dict[str, STAConfig], xb, runs: int 
     }
 
 
-def _time_onnx(req: ProfileRequest, report: ProfileReport, session, path: Path, net, sta, x, log: Log, say: Log):
-    """The exported model in ONNX Runtime; when it holds the pruned model, the unpruned one exported and
+def _time_other_graphs(req: ProfileRequest, report: ProfileReport, path: Path, net, sta, x, log: Log, say: Log):
+    """After the exported model was timed: when it holds the pruned model, the unpruned one exported and
     timed alike for the other column, and an int8 graph beside it timed too."""
-    log(f"timing ONNX Runtime ({path.name})")
-    report.onnx = time_onnx(session, path, net, sta, x, req.batch, req.runs, say)
     if report.onnx.matches is not None:
         getattr(report, report.onnx.matches).onnxruntime = report.onnx.timing
     if report.onnx.matches == "pruned" and sta.enabled:
