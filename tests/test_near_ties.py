@@ -82,6 +82,25 @@ def test_one_near_tie_swap_passes_and_is_counted():
 
 
 @torch.no_grad()
+def test_logits_after_a_near_tie_swap_are_reported_not_judged():
+    """Swin-T r1=256 (random weights): ONNX Runtime kept a token whose STA score was 1e-8 below the
+    one PyTorch kept, and the logits then differed by 0.0097, beyond atol: `sta export` failed on a
+    correct graph. After an accepted near-tie swap the logits come from other tokens: a warning.
+    The same logits with PyTorch's own kept positions still fail."""
+    model, x = tied_model(), duplicated_clip()
+    out = [t.clone() for t in ExportModule(model)(x)]
+    out[0] = out[0] + 0.01
+    with pytest.raises(ValidationFailed, match="values not close"):
+        enforce(run_validation(lambda t: out, model, x), allow_mismatch=False)
+    i, j = tied_pair(model, x)
+    out[1][0, [i, j]] = out[1][0, [j, i]]
+    result = run_validation(lambda t: out, model, x)
+    enforce(result, allow_mismatch=False)
+    (warning,) = [m for m in messages(result, "warning") if m.startswith("values not close")]
+    assert "not judged: the graph kept near-tied tokens PyTorch dropped" in warning
+
+
+@torch.no_grad()
 def test_tie_broken_the_other_way_passes_the_kept_positions_rule(monkeypatch):
     """Another correct runtime, breaking every exact tie by the higher index: stage 1 is accepted as
     near-tie swaps; the later stages (which then rank other tokens) are reported, not judged."""
@@ -96,7 +115,10 @@ def test_tie_broken_the_other_way_passes_the_kept_positions_rule(monkeypatch):
     assert errors == []
     kept = [m for m in messages(result) if m.startswith("kept positions")]
     assert kept[0].startswith("kept positions equal up to near ties (stage 1: "), kept
-    assert all(m.startswith("kept positions after a near-tie swap differ") for m in messages(result, "warning"))
+    assert all(
+        m.startswith("kept positions after a near-tie swap differ") or m.endswith("PyTorch dropped")
+        for m in messages(result, "warning")
+    )
 
 
 @torch.no_grad()
