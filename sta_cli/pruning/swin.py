@@ -67,18 +67,19 @@ def nearest_kept_fill(kept: torch.Tensor, grid: tuple[int, int, int]) -> torch.T
 
     kept (B, K): kept grid positions (time-major raster order t*H*W + y*W + x), sorted ascending,
     the same number K // T in every slice. Returns (B, T*H*W) int64, so that `tokens[:, fill]` is the
-    filled grid. Distance is Euclidean on (y, x); ties go to the kept token first in raster order
-    (argmin returns the first minimum). A kept position maps to itself. Static shapes throughout:
-    a (B, T, H*W, K/T) distance tensor and an argmin.
+    filled grid. Distance is squared Euclidean on (y, x); ties go to the kept token first in raster
+    order (argmin returns the first minimum). A kept position maps to itself. Static shapes
+    throughout: a (B, T, H, W, K/T) distance tensor and an argmin.
     """
     B, K = kept.shape
     T, H, W = grid
     per_slice = K // T
-    local = (kept % (H * W)).to(torch.int32).view(B, T, 1, per_slice)  # int32: half the memory of int64
+    local = (kept % (H * W)).to(torch.int32).view(B, T, 1, 1, per_slice)  # int32: half the memory of int64
     ky, kx = local.div(W, rounding_mode="floor"), local % W
-    pos = torch.arange(H * W, device=kept.device, dtype=torch.int32).view(1, 1, H * W, 1)
-    py, px = pos.div(W, rounding_mode="floor"), pos % W
-    dist = (py - ky) ** 2 + (px - kx) ** 2  # (B, T, H*W, per_slice), exact integers
-    nearest = dist.argmin(-1)  # (B, T, H*W)
+    # Separable: the row and column terms on (H, K/T) and (W, K/T), then one add over the full table
+    # (instead of two differences, two squares and an add each the table's size). Exact integers.
+    dy = (torch.arange(H, device=kept.device, dtype=torch.int32).view(1, 1, H, 1, 1) - ky) ** 2  # (B, T, H, 1, K/T)
+    dx = (torch.arange(W, device=kept.device, dtype=torch.int32).view(1, 1, 1, W, 1) - kx) ** 2  # (B, T, 1, W, K/T)
+    nearest = (dy + dx).argmin(-1).flatten(2)  # (B, T, H*W)
     offsets = torch.arange(T, device=kept.device).view(1, T, 1) * per_slice
     return (nearest + offsets).flatten(1)
