@@ -126,12 +126,13 @@ def test_weights_above_the_threshold_go_to_external_data(tmp_path, artifact, mon
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from sta_cli.export import onnx as onnx_export
+    from sta_cli.tasks.export import export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     said = []
-    report = sta_cli.export.export(str(artifact), "onnx", tmp_path / "x", log=said.append)
-    assert report["validation"]["ok"] and (tmp_path / "x" / "model.onnx.data").is_file()
-    assert report["files"]["weights"].endswith("model.onnx.data")
+    report = export(str(artifact), "onnx", tmp_path / "x", log=said.append)
+    assert report.validation["ok"] and (tmp_path / "x" / "model.onnx.data").is_file()
+    assert report.files.weights.endswith("model.onnx.data")
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])
     graph = onnx.load(str(tmp_path / "x" / "model.onnx"), load_external_data=False)
