@@ -32,6 +32,7 @@ import torch
 
 from sta_cli.export.onnx import export_onnx
 from sta_cli.flops import gflops
+from sta_cli.models.base import ModelCard
 from sta_cli.models.layers import StaScoring
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
@@ -53,9 +54,7 @@ def random_model(cfg: VideoMAEConfig, seed: int = 0) -> VideoMAE:
                 torch.nn.init.trunc_normal_(p, std=0.02)
             elif name.endswith("bias"):
                 p.normal_(0, 0.02)
-    model.labels = [f"class_{i}" for i in range(cfg.num_classes)]
-    model.preprocessing = {}
-    model.family = "videomae"
+    model.card = ModelCard("videomae", "random", [f"class_{i}" for i in range(cfg.num_classes)], {})
     return model
 
 

@@ -31,6 +31,7 @@ from sta_cli.demo.synthetic import LABELS, NUM_FRAMES, SIZE, clip_seed
 from sta_cli.flops import gflops
 from sta_cli.io.artifact import atomic_dir, model_config, write_json
 from sta_cli.io.video import load_clip
+from sta_cli.models.base import ModelCard
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 
@@ -154,8 +155,7 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> None:
 
 
 def save(model: VideoMAE, args, settings: dict, results: dict) -> None:
-    model.family, model.source_name = "videomae", "demo"
-    model.labels, model.preprocessing = list(LABELS), dict(PREPROCESSING)
+    model.card = ModelCard("videomae", "demo", list(LABELS), dict(PREPROCESSING))
     label = SAMPLE["index"] % len(LABELS)
     frames = render_clip(label, clip_seed(SAMPLE["split"], SAMPLE["index"]))
     with atomic_dir(Path(args.out), force=True) as tmp:

@@ -102,7 +102,7 @@ def small_clip():
 def test_fine_tuned_small_keeps_its_16_heads(small16, small_clip):
     hf, folder = small16
     model = sta_cli.load(folder)
-    assert model.cfg.num_heads == 16 and model.provenance["values"]["num_heads"]["from"] == "config"
+    assert model.cfg.num_heads == 16 and model.card.provenance["values"]["num_heads"]["from"] == "config"
     assert max_diff(model, small_clip, hf_logits(hf, small_clip)) <= 1e-5
 
 
@@ -112,7 +112,7 @@ def test_mcg_nju_small_runs_with_6_heads(tmp_path, small16, small_clip):
     snap = populate_hf_cache(tmp_path / "hub", "MCG-NJU/videomae-small-finetuned-kinetics", files)
     model = sta_cli.load(snap)  # the cache path names the repo
     assert model.cfg.num_heads == 6
-    prov = model.provenance["values"]["num_heads"]
+    prov = model.card.provenance["values"]["num_heads"]
     assert prov["from"] == "known checkpoint" and "6-head" in prov["why"]
     six = tiny_hf_model(seed=4, **{**SMALL, "num_attention_heads": 6})
     six.load_state_dict(hf.state_dict())
@@ -234,7 +234,7 @@ def test_head_size_names_the_dataset(tmp_path, classes, first, last):
     torch.save({"model": to_original_layout(hf.state_dict())}, tmp_path / "ft.pth")
     model = sta_cli.load(tmp_path / "ft.pth", **TINY_ARCH)
     assert model.labels[0] == first and model.labels[-1] == last and len(model.labels) == classes
-    assert model.provenance["values"]["labels"]["from"] == "assumed"
+    assert model.card.provenance["values"]["labels"]["from"] == "assumed"
     assert model.preprocessing["frame_stride"] == (2 if classes == 174 else 4)
 
 
@@ -268,7 +268,7 @@ def test_mmaction2_vit_layout(tmp_path, hf_model, clip):
     )
     torch.save(ckpt, tmp_path / "vit.pth")
     model = sta_cli.load(tmp_path / "vit.pth", **TINY_ARCH)
-    assert model.family == "videomae"
+    assert model.card.family == "videomae"
     assert max_diff(model, clip, hf_logits(hf_model, clip)) <= 1e-4
     with pytest.raises(StaError, match="position table has 64 tokens"):
         sta_cli.load(tmp_path / "vit.pth", **{**TINY_ARCH, "num_frames": 16})
@@ -571,4 +571,4 @@ def test_options_on_an_artifact_follow_into_preprocessing(tmp_path):
     pre = model.preprocessing
     assert (model.cfg.image_size, model.cfg.num_frames) == (32, 8)
     assert (pre["crop_size"], pre["short_side"], pre["num_frames"], pre["mean"]) == (32, 32, 8, [0.4, 0.4, 0.4])
-    assert model.provenance["values"]["image_size"] == {"value": 32, "from": "option"}
+    assert model.card.provenance["values"]["image_size"] == {"value": 32, "from": "option"}

@@ -71,7 +71,7 @@ def test_demo_loads_through_the_normal_path(demo):
     src = resolve("demo")
     assert src.alias is not None and src.alias.packaged and src.weights[0].parent == DEMO_DIR
     assert not (DEMO_DIR / "sta.json").exists() and not src.is_artifact
-    assert demo.family == "videomae" and demo.sta.r1 == 0
+    assert demo.card.family == "videomae" and demo.sta.r1 == 0
     assert demo.labels == list(LABELS)
     cfg = demo.cfg
     n_t, h, w = cfg.grid

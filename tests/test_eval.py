@@ -92,6 +92,7 @@ def tiny_model(tmp_path_factory, videos) -> Path:
 
     from sta_cli.io.artifact import model_config, write_json
     from sta_cli.io.video import load_clip
+    from sta_cli.models.base import ModelCard
     from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 
     torch.manual_seed(0)
@@ -106,8 +107,7 @@ def tiny_model(tmp_path_factory, videos) -> Path:
         num_frames=8,
     )
     model = VideoMAE(cfg).eval()
-    model.family, model.source_name, model.labels = "videomae", "tiny", LABELS
-    model.preprocessing = {
+    preprocessing = {
         "num_frames": 8,
         "frame_stride": 2,
         "short_side": 32,
@@ -116,6 +116,7 @@ def tiny_model(tmp_path_factory, videos) -> Path:
         "std": [0.225, 0.225, 0.225],
         "value_range": 1.0,
     }
+    model.card = ModelCard("videomae", "tiny", LABELS, preprocessing)
     with torch.no_grad():
         x = torch.cat([load_clip(videos / "videos" / f"v{i:02d}.mp4", model.preprocessing) for i in range(10)])
         f = model.forward_tokens(x)[0]

@@ -254,7 +254,7 @@ def test_fp16_onnx_loads_and_runs(tmp_path, artifact):
 def test_model_spec_with_grid_first_group_exports_without_scatter(tmp_path, checkpoint):
     """--first-group grid goes through drop_last_order (formerly a scatter); fixed batch 2."""
     out = tmp_path / "grid"
-    report = export(checkpoint, "onnx", out, r1=4, first_group="grid", seed=3, batch=2)
+    report = export(checkpoint, "onnx", out, r1=4, first_group="grid", seed=3, fixed_batch=2)
     assert report.validation["ok"] and report.sta["first_group"] == "grid"
     assert not set(report.graph["ops"]) & FORBIDDEN and report.graph["topk"] > 0
     assert not report.graph["not_static"]
@@ -351,7 +351,8 @@ def test_kept_token_mismatch_always_fails(monkeypatch, workdir, artifact):
     [
         (["-f", "tflite"], "unknown format 'tflite'"),
         (["--opset", "16"], "--opset must be between 17"),
-        (["--batch", "0"], "--batch must be at least 1"),
+        (["--fixed-batch", "0"], "--fixed-batch must be at least 1"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
         (["--r1", "8"], "apply to --model"),
     ],
 )

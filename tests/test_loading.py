@@ -46,7 +46,7 @@ def test_original_pth_layout_matches_transformers(tmp_path, hf_model, clip, wrap
     )
     model = sta_cli.load(path, **arch)
     assert model.cfg.depth == TINY_HF["num_hidden_layers"] and model.cfg.embed_dim == TINY_HF["hidden_size"]
-    assert model.provenance["values"]["num_heads"] == {"value": 4, "from": "option"}
+    assert model.card.provenance["values"]["num_heads"] == {"value": 4, "from": "option"}
     assert (model(clip) - reference_logits(hf_model, clip)).abs().max() <= 1e-4
     # ... or the config next to the weights.
     (tmp_path / "f").mkdir()

@@ -92,7 +92,7 @@ def to_mmaction_layout(tv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_torchvision_parity(case):
     """The fixture file as torchvision names it loads through sta_cli.load and gives torchvision's logits."""
     model = sta_cli.load(FIXTURES / f"{case}_torchvision.safetensors", **FIXTURE_ARCH)
-    assert model.family == "videoswin"
+    assert model.card.family == "videoswin"
     spec = json.loads((FIXTURES / f"{case}.json").read_text())
     assert model.cfg.window_size == tuple(spec["window_size"]) and model.cfg.num_heads == tuple(spec["num_heads"])
     io = fixture_io(case)
@@ -351,7 +351,7 @@ def test_alias_loads_from_populated_cache_offline(tmp_path, monkeypatch):
     shutil.copy(FIXTURES / "grid_torchvision.safetensors", tmp_path / "x.safetensors")
     torch.save(load_file(tmp_path / "x.safetensors"), tmp_path / "swin3d_t-7615ae03.pth")
     model = sta_cli.load("videoswin-tiny", r1=0)
-    assert model.source_name == "videoswin-tiny" and model.family == "videoswin"
+    assert model.card.source_name == "videoswin-tiny" and model.card.family == "videoswin"
     assert model.preprocessing["num_frames"] == 32 and model.preprocessing["frame_stride"] == 2
     io = fixture_io("grid")
     with torch.no_grad():

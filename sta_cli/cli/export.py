@@ -50,8 +50,11 @@ def export(
         ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", metavar="INT", help="ONNX opset (17 or newer).")] = 18,
-    batch: Annotated[
-        int | None, typer.Option("--batch", metavar="INT", show_default="dynamic", help="Fix the batch size.")
+    fixed_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--fixed-batch", metavar="INT", show_default="dynamic", help="Fix the exported graph's batch dimension."
+        ),
     ] = None,
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")
@@ -109,8 +112,8 @@ def export(
     arch=None,
 ):
     """Export a pruned model to ONNX, TorchScript or torch.export and validate it against PyTorch."""
-    if batch is not None and dynamic_batch:
-        raise StaError("--batch and --dynamic-batch exclude each other")
+    if fixed_batch is not None and dynamic_batch:
+        raise StaError("--fixed-batch and --dynamic-batch exclude each other")
     if source is not None and model is not None:
         raise StaError("give either SOURCE or --model, not both")
     options = sta_options
@@ -127,7 +130,7 @@ def export(
                 out,
                 r1=r1,
                 opset=opset,
-                batch=batch,
+                fixed_batch=fixed_batch,
                 fp16=fp16,
                 device=device,
                 atol=atol,

@@ -212,7 +212,7 @@ def is_demo(model: nn.Module) -> bool:
     from ..demo import DEMO_DIR
 
     config = json.loads((DEMO_DIR / "config.json").read_text())
-    if model.family != config["architecture"] or list(model.labels) != config["labels"]:
+    if model.card.family != config["architecture"] or list(model.labels) != config["labels"]:
         return False
     return model.cfg == type(model.cfg).from_dict(config["model"])  # fields added since take their defaults
 

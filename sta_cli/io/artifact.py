@@ -131,12 +131,12 @@ def model_config(model: nn.Module) -> dict:
     return {
         "format": ARTIFACT,
         "format_version": FORMAT_VERSION,
-        "architecture": model.family,
+        "architecture": model.card.family,
         "model": model.cfg.to_dict(),
-        "labels": list(model.labels),
-        "preprocessing": dict(model.preprocessing),
-        "source": getattr(model, "source_name", None),
-        "provenance": getattr(model, "provenance", None),  # where input size, heads, normalisation came from
+        "labels": list(model.card.labels),
+        "preprocessing": dict(model.card.preprocessing),
+        "source": model.card.source_name,
+        "provenance": model.card.provenance,  # where input size, heads, normalisation came from
     }
 
 

@@ -4,7 +4,7 @@ Each backbone module provides a config dataclass, the nn.Module, a `checkpoint_f
 foreign key layouts into ours, and `shapes_from_state_dict` for what its weights fix. What weights
 cannot tell (input size, frames, heads, normalisation) comes from a config, from explicit options
 (`overrides.ArchOverrides`), or, for the released architectures only, from their published values;
-`Provenance` records which, and the model carries it (`model.provenance`).
+`Provenance` records which; the model's card carries it (`model.card.provenance`, models/base.py).
 
 Models are first built on the meta device and checked against the weights' shapes, so a config that
 does not fit its weights fails before anything is allocated.
@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..errors import StaError
 from ..pruning import STAConfig
 from . import videomae, videoswin
+from .base import ModelCard
 from .overrides import ALIAS, ASSUMED, CONFIG, KNOWN, OPTION, WEIGHTS, ArchOverrides, Provenance
 from .registry import ALIASES, DATASET_LABELS, Alias
 
@@ -116,7 +117,12 @@ def _preprocessing(
     family: str,
 ) -> dict:
     """How clips are sampled and normalised (sta's spelling); mean/std from an option, the
-    preprocessor_config.json, or the released models' ImageNet values."""
+    preprocessor_config.json, or the released models' ImageNet values.
+
+    The protocol is the one the STA paper evaluates with (Sec. 4.1, "following [35, 23]"): VideoMAE
+    ViTs take 16 frames at stride 4 on K400 (stride 2 on SSv2), the short side resized to 224 and
+    224^2 crops; Video Swin takes 32 frames at stride 2. docs/algorithm.md ("Evaluation sampling
+    and preprocessing") has the table and the multi-view details."""
     pre = source.preprocessor if isinstance(source.preprocessor, dict) else {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
@@ -258,7 +264,7 @@ def _videomae_from_weights(source, shapes: dict, arch: ArchOverrides, prov: Prov
 
 def build_videomae(
     source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance
-) -> nn.Module:
+) -> tuple[nn.Module, list[str], dict]:
     config = source.config or {}
     what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
     sd = videomae.checkpoint_filter_fn(sd)
@@ -280,15 +286,12 @@ def build_videomae(
         )
     model = build_checked(lambda: videomae.VideoMAE(cfg), sd, what)
     model.set_sta(sta)
-    model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
+    labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
     if isinstance(config.get("preprocessing"), dict):
-        model.preprocessing = _overridden(config["preprocessing"], cfg, arch)
-    else:
-        stride = _stride(source, cfg.num_classes, 4, prov)
-        model.preprocessing = _preprocessing(
-            source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE"
-        )
-    return model
+        return model, labels, _overridden(config["preprocessing"], cfg, arch)
+    stride = _stride(source, cfg.num_classes, 4, prov)
+    pre = _preprocessing(source, cfg.num_frames, cfg.image_size, cfg.image_size, stride, arch, prov, "VideoMAE")
+    return model, labels, pre
 
 
 def _stride(source, num_classes: int, kinetics_stride: int, prov: Provenance) -> int:
@@ -336,7 +339,7 @@ def _videoswin_fields(source, config: dict, shapes: dict, arch: ArchOverrides, p
 
 def build_videoswin(
     source, sd: dict[str, torch.Tensor], sta: STAConfig, arch: ArchOverrides, prov: Provenance
-) -> nn.Module:
+) -> tuple[nn.Module, list[str], dict]:
     config = source.config or {}
     what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
     volume = videoswin.window_hint(sd)
@@ -354,20 +357,21 @@ def build_videoswin(
     cfg = videoswin.VideoSwinConfig(**fields)
     model = build_checked(lambda: videoswin.VideoSwin(cfg), sd, what)
     model.set_sta(sta)
-    model.labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
+    labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
     if isinstance(config.get("preprocessing"), dict):
-        model.preprocessing = _overridden(config["preprocessing"], cfg, arch)
-    else:
-        # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
-        short = round(cfg.image_size * 256 / 224)
-        stride = _stride(source, cfg.num_classes, 2, prov)
-        model.preprocessing = _preprocessing(
-            source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin"
-        )
-    return model
+        return model, labels, _overridden(config["preprocessing"], cfg, arch)
+    # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
+    short = round(cfg.image_size * 256 / 224)
+    stride = _stride(source, cfg.num_classes, 2, prov)
+    return (
+        model,
+        labels,
+        _preprocessing(source, cfg.num_frames, cfg.image_size, short, stride, arch, prov, "Video Swin"),
+    )
 
 
-# family -> builder(source, raw state dict, sta, overrides, provenance) and a test on state-dict keys
+# family -> builder(source, raw state dict, sta, overrides, provenance) -> (model, labels, preprocessing),
+# and a test on state-dict keys
 # for files without a config. Order matters: Video Swin keys also start with patch_embed.proj.
 BUILDERS = {"videomae": build_videomae, "videoswin": build_videoswin}
 KEY_SIGNATURES = {
@@ -379,9 +383,10 @@ KEY_SIGNATURES = {
 
 
 def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
-    """A Source (see io.checkpoints.resolve) -> eval-mode model with weights, labels and preprocessing.
+    """A Source (see io.checkpoints.resolve) -> eval-mode model with weights and its ModelCard
+    (labels, preprocessing, family, source name, provenance), attached here and nowhere else.
 
-    `source.arch` (ArchOverrides) overrides what the config or the released defaults say. The model's
+    `source.arch` (ArchOverrides) overrides what the config or the released defaults say. The card's
     `provenance` says where each value came from; values no config gave are logged on stderr.
     """
     from ..io.checkpoints import read_state_dict
@@ -393,14 +398,13 @@ def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
         raise StaError(f"{source.spec}: unsupported architecture {family!r} (supported: {', '.join(BUILDERS)})")
     arch = getattr(source, "arch", None) or ArchOverrides()
     prov = Provenance()
-    model = BUILDERS[family](source, sd, sta or STAConfig(), arch, prov)
-    model.family = family
-    model.source_name = source.name
+    model, labels, preprocessing = BUILDERS[family](source, sd, sta or STAConfig(), arch, prov)
     if source.is_artifact and isinstance(config.get("provenance"), dict) and not arch.given():
-        model.provenance = config["provenance"]  # how the artifact's source was read
+        provenance = config["provenance"]  # how the artifact's source was read
     else:
-        model.provenance = prov.to_dict()
+        provenance = prov.to_dict()
         prov.report(source.name)
+    model.card = ModelCard(family, source.name, labels, preprocessing, provenance)  # the one place
     return model.eval()
 
 

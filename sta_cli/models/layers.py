@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..pruning import STAConfig, Stage, stage_keep_indices
+from .base import ModelCard
 
 
 class Mlp(nn.Module):
@@ -48,9 +49,31 @@ class PrunedClassifier(nn.Module):
     kept positions per STA stage)`, a `head`, `set_sta(STAConfig)`, `stages`, `tokens_per_stage`,
     `pruning_grid` (the (t, h, w) token grid where STA starts) and `kept_grids` (per STA stage, the
     grid its kept positions index). After `forward`, `kept_positions` holds the original token
-    indices each stage kept, (B, tokens) each."""
+    indices each stage kept, (B, tokens) each. `card` (a ModelCard: labels, preprocessing, family,
+    source, provenance) is attached by the builder, models.build_from_source."""
 
     kept_positions: list[torch.Tensor]
+    card: ModelCard | None = None
+
+    def _card(self) -> ModelCard:
+        if self.card is None:
+            raise AttributeError(f"this {type(self).__name__} has no ModelCard (models.build_from_source attaches one)")
+        return self.card
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in index order (the card's)."""
+        return self._card().labels
+
+    @property
+    def preprocessing(self) -> dict:
+        """How clips are sampled and normalised (the card's)."""
+        return self._card().preprocessing
+
+    @property
+    def family(self) -> str:
+        """The backbone family (the card's)."""
+        return self._card().family
 
     def forward_with_positions(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pooled, kept = self.forward_tokens(pixel_values)

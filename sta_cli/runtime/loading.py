@@ -79,7 +79,7 @@ def task_sta(base: STAConfig | None, model: nn.Module, r1: int | None, **options
 def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch.Tensor, str]:
     """The validation clip: decoded from `clip`, else the demo model's own sample, else the deterministic
     synthetic one (whose plain moving square a model trained on other data need not recognise)."""
-    if clip is None and getattr(model, "source_name", None) == "demo":
+    if clip is None and model.card is not None and model.card.source_name == "demo":
         from ..demo import sample_path
 
         clip = sample_path()

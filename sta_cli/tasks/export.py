@@ -93,7 +93,7 @@ class ExportRequest:
 
     format: str
     opset: int
-    batch: int | None
+    batch: int | None  # the graph's fixed batch dimension; None: dynamic
     fp16: bool
     device: str
     atol: float
@@ -137,13 +137,13 @@ def _read_config(folder: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def check_arguments(format: str, opset: int, batch: int | None, atol: float | None, device: str) -> None:
+def check_arguments(format: str, opset: int, fixed_batch: int | None, atol: float | None, device: str) -> None:
     """Everything that can be checked before loading a model."""
     if format not in FORMATS:
         raise StaError(f"unknown format {format!r} (choose {', '.join(FORMATS)})")
     check_device(device)
-    if batch is not None and batch < 1:
-        raise StaError(f"--batch must be at least 1, got {batch}")
+    if fixed_batch is not None and fixed_batch < 1:
+        raise StaError(f"--fixed-batch must be at least 1, got {fixed_batch}")
     if atol is not None and not atol > 0:
         raise StaError(f"--atol must be positive, got {atol}")
     if format == "onnx":
@@ -209,7 +209,7 @@ def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force
     export folder of the same model, or an empty folder; ("new", folder) creates the folder (or with
     --force replaces another sta output)."""
     if out is None:
-        out = artifact if artifact is not None else default_output(model.source_name, model.sta.r1)
+        out = artifact if artifact is not None else default_output(model.card.source_name, model.sta.r1)
     out = Path(out)
     check_out(out, force)
     if not out.exists():
@@ -272,7 +272,7 @@ def export(
     *,
     r1: int | None = None,
     opset: int = 18,
-    batch: int | None = None,
+    fixed_batch: int | None = None,
     fp16: bool = False,
     device: str = "auto",
     atol: float | None = None,
@@ -293,13 +293,14 @@ def export(
 
     Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
     bad input and ValidationFailed (carrying the report as `.report`) when the export does not
-    reproduce PyTorch. quantize="int8" (ONNX) also writes model.int8.onnx, validated against the
+    reproduce PyTorch. fixed_batch: the graph's batch dimension fixed to this size (default:
+    dynamic); unlike profile's and eval's batch, it is a property of the file. quantize="int8" (ONNX) also writes model.int8.onnx, validated against the
     float32 model (see export/quantize.py). device: the one rule of runtime.device.
     """
-    check_arguments(format, opset, batch, atol, device)
+    check_arguments(format, opset, fixed_batch, atol, device)
     check_quantize(quantize, format, fp16, max_accuracy_drop, accuracy_clips)
     request = ExportRequest(
-        format, opset, batch, fp16, device,
+        format, opset, fixed_batch, fp16, device,
         atol if atol is not None else (DEFAULT_ATOL_FP16 if fp16 else DEFAULT_ATOL),
         allow_mismatch, validate_outputs, clip, quantize,
         DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop,

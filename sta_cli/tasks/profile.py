@@ -290,7 +290,7 @@ def _profile(req: ProfileRequest, log: Log, say: Log, notes: list[str]) -> Profi
     _time_torch(req, net, sta, x, unpruned, pruned, log)
     report = ProfileReport(
         sta_version=__version__,
-        model=ProfileModel(req.model, source.name, net.family, source.is_artifact),
+        model=ProfileModel(req.model, source.name, net.card.family, source.is_artifact),
         clip=clip_info,
         sta=sta.to_dict(),
         device=DeviceInfo(req.device.type, torch.get_num_threads(), req.batch),

@@ -149,7 +149,7 @@ def prune(
     report = PruneReport(
         sta_version=__version__,
         source=SourceInfo(str(spec), source.name, source.hub, [p.name for p in source.weights]),
-        model=ModelInfo(model.family, count_params(model), model.cfg.to_dict(), model.provenance),
+        model=ModelInfo(model.card.family, count_params(model), model.cfg.to_dict(), model.card.provenance),
         sta=sta.to_dict(),
         tokens=Tokens(unpruned_tokens, model.tokens_per_stage),
         gflops=GFlops(

@@ -209,7 +209,7 @@ def evaluate(
         rates = ctx.gather(timing)
         summary = None
         if ctx.main:
-            identity = EvalModel(**job.run["model"], family=job.net.family, params=count_params(job.net))
+            identity = EvalModel(**job.run["model"], family=job.net.card.family, params=count_params(job.net))
             summary = finish(job.out, job.entries, job.settings, rates, job.run, identity, this_run)
         return ctx.broadcast(summary)
     finally:
