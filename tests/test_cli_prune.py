@@ -118,6 +118,7 @@ def test_pickle_holding_code_is_refused_and_not_run(tmp_path):
     "case,args,fragments",
     [
         ("unknown alias", ["--model", "videomae-gigantic"], ["unknown model", "videomae-gigantic"]),
+        ("misspelt alias", ["--model", "videomae-larg"], ["unknown model", "did you mean 'videomae-large'?"]),
         ("missing file", ["--model", "{tmp}/nope.safetensors"], ["unknown model"]),
         ("truncated", ["--model", "{truncated}"], ["truncated.safetensors", "corrupt or truncated"]),
         ("foreign weights", ["--model", "{foreign}"], ["not a VideoMAE classifier"]),

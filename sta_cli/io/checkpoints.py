@@ -9,6 +9,7 @@ store the training arguments in it, and unpickling it only sets attributes.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import pickle
@@ -292,7 +293,9 @@ def _resolve(spec: str, revision: str | None, token: str | bool | None) -> Sourc
         return local_source(path, spec)
     if _REPO_ID.match(spec) and not spec.startswith((".", "/")) and path.suffix not in WEIGHT_SUFFIXES:
         return hub_source(spec, spec, revision, token)
-    raise StaError(f"unknown model {spec!r}: not an alias (see `sta models`), an existing path, or a Hub repo id")
+    close = difflib.get_close_matches(spec, ALIASES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise StaError(f"unknown model {spec!r}: not an alias (see `sta models`), an existing path, or a Hub repo id{hint}")
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
