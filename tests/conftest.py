@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly initialised VideoMAE checkpoints in the layouts users have."""
+"""Shared fixtures: tiny randomly initialised VideoMAE and Video Swin checkpoints in the layouts users have."""
 
 from __future__ import annotations
 
@@ -20,6 +20,50 @@ TINY_HF = dict(
     tubelet_size=2,
     num_labels=5,
 )
+
+
+# A tiny Video Swin for export tests: 4 frames of 64^2, stage grids (2,16,16) ... (2,2,2), 4^2 windows.
+TINY_SWIN = dict(
+    embed_dim=8,
+    depths=(1, 1, 1, 1),
+    num_heads=(1, 2, 2, 4),
+    window_size=(2, 4, 4),
+    num_frames=4,
+    image_size=64,
+    num_classes=5,
+)
+
+
+def tiny_swin_config(**overrides):
+    """TINY_SWIN as a VideoSwinConfig, with any field overridden."""
+    from sta_cli.models.videoswin import VideoSwinConfig
+
+    return VideoSwinConfig(**{**TINY_SWIN, **overrides})
+
+
+def write_swin(path: Path, model_or_config, labels: list[str] | None = None, seed: int = 0) -> Path:
+    """A Video Swin as users have it on disk: a folder `path` with config.json (sta's layout, with
+    `labels` if given) and model.safetensors, or, for a `path` ending in .safetensors, the weights
+    file alone. A VideoSwinConfig gets random weights (seeded); a model is written as it is."""
+    from safetensors.torch import save_file
+
+    from sta_cli.models.videoswin import VideoSwin
+
+    if isinstance(model_or_config, torch.nn.Module):
+        model = model_or_config
+    else:
+        torch.manual_seed(seed)
+        model = VideoSwin(model_or_config)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        save_file(weights, path)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, path / "model.safetensors")
+    config = {"architecture": "videoswin", "model": model.cfg.to_dict(), **({"labels": labels} if labels else {})}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
 
 
 def tiny_hf_model(seed: int = 0, **overrides):

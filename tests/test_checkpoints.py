@@ -20,8 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_HF, populate_hf_cache, save_hub_folder, tiny_hf_model, to_original_layout
-from safetensors.torch import load_file, save_file
+from conftest import (
+    TINY_HF,
+    populate_hf_cache,
+    save_hub_folder,
+    tiny_hf_model,
+    tiny_swin_config,
+    to_original_layout,
+    write_swin,
+)
+from safetensors.torch import load_file
 
 import sta_cli
 from sta_cli.errors import StaError
@@ -338,21 +346,9 @@ def test_released_swin_without_config_assumes_its_protocol():
 def test_unpruned_swin_exports_and_validates(tmp_path):
     from sta_cli.tasks.export import export
 
-    cfg = videoswin.VideoSwinConfig(
-        embed_dim=8,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 2, 2, 4),
-        window_size=(2, 4, 4),
-        num_frames=4,
-        image_size=64,
-        num_classes=5,
-    )
-    torch.manual_seed(0)
-    save_file(
-        {k: v.contiguous() for k, v in videoswin.VideoSwin(cfg).state_dict().items()}, tmp_path / "swin.safetensors"
-    )
+    weights = write_swin(tmp_path / "swin.safetensors", tiny_swin_config())  # no config: options tell the input
     report = export(
-        tmp_path / "swin.safetensors",
+        weights,
         "onnx",
         tmp_path / "onnx",
         r1=0,

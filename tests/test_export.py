@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, tiny_swin_config, write_swin
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -406,24 +406,7 @@ def test_no_source_and_no_artifact(tmp_path):
 def test_unpruned_video_swin_exports_and_validates(tmp_path):
     """`sta export --model <swin> --r1 0`: Swin's token count shrinks by patch merging, yet an
     unpruned model has no kept_positions outputs, and the graph check must not expect any."""
-    from safetensors.torch import save_file
-
-    from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig
-
-    cfg = VideoSwinConfig(
-        embed_dim=8,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 2, 2, 4),
-        window_size=(2, 4, 4),
-        num_frames=4,
-        image_size=64,
-        num_classes=5,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny-swin"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in VideoSwin(cfg).state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": cfg.to_dict()}))
+    folder = write_swin(tmp_path / "tiny-swin", tiny_swin_config())
     r = run_cli("export", "--model", folder, "--r1", "0", "-o", tmp_path / "out", "--json", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)

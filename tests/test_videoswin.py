@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_swin_config, write_swin
 from safetensors.torch import load_file, save_file
 
 import sta_cli
@@ -382,12 +383,7 @@ def test_url_download_verifies_sha256_prefix(tmp_path, monkeypatch):
 
 def test_api_prune_small_input(tmp_path):
     """sta_cli.prune on a folder whose config sets a small input: artifact, FLOPs, r1=0 reload identity."""
-    folder = tmp_path / "tiny-swin"
-    folder.mkdir()
-    model = tiny_model()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    config = {"architecture": "videoswin", "model": TINY.to_dict(), "labels": [f"a{i}" for i in range(5)]}
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = write_swin(tmp_path / "tiny-swin", tiny_model(), labels=[f"a{i}" for i in range(5)])
     report = sta_cli.prune(folder, 24, tmp_path / "out")
     assert report.model.family == "videoswin"
     assert report.tokens.unpruned == [1024, 256, 64, 16] and report.tokens.pruned == [1024, 160, 28, 4]
@@ -455,20 +451,7 @@ def test_onnx_export_static_shapes(tmp_path):
     Runtime reproducing PyTorch's logits and kept positions (checked by the export's own validation)."""
     from sta_cli.tasks.export import export
 
-    cfg = VideoSwinConfig(
-        embed_dim=8,
-        depths=(2, 1, 1, 1),
-        num_heads=(1, 2, 2, 4),
-        window_size=(2, 4, 4),
-        num_frames=4,
-        image_size=64,
-        num_classes=5,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny-swin"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in VideoSwin(cfg).state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": cfg.to_dict()}))
+    folder = write_swin(tmp_path / "tiny-swin", tiny_swin_config(depths=(2, 1, 1, 1)))
     report = export(folder, "onnx", tmp_path / "onnx", r1=24)
     graph, validation = report.graph, report.validation
     assert graph["not_static"] == [] and graph["forbidden"] == [] and graph["topk"] > 0
@@ -523,10 +506,7 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     assert all(c["ok"] for c in result["checks"]), [c["message"] for c in result["checks"] if not c["ok"]]
     assert any("kept positions identical" in c["message"] for c in result["checks"])
 
-    folder = tmp_path / "swin"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"architecture": "videoswin", "model": EXPORT_CFG.to_dict()}))
+    folder = write_swin(tmp_path / "swin", model)
     report = export(folder, "torchscript", tmp_path / "ts", r1=10)  # sta export: validation on by default
     validation = report.validation
     assert report.batch == "dynamic" and "random batch of 3" in validation["cases"]
