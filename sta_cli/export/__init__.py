@@ -289,7 +289,7 @@ def export(
             graph = onnx_export.graph_report(path, model, batch)
             report["graph"] = graph
             extra += graph_checks(graph, model)
-            session, provider, ort_note = ort.session(path, device)
+            session, provider, ort_note = ort.session(path, device, low_memory=True)
             notes += [ort_note] if ort_note else []
             import onnxruntime
 
