@@ -386,7 +386,7 @@ def _write_onnx(job: _Job, exported: nn.Module, path: Path, log: Log):
     report.exporter = f"torch.onnx.export(dynamo=True) (torch {torch.__version__}, onnxscript {_version('onnxscript')})"
     log("checking the graph (onnx.checker, shape inference)")
     report.graph = onnx_export.graph_report(path, model, r.batch)
-    session, provider, note = ort.session(path, runtime_device(r.device))
+    session, provider, note = ort.session(path, runtime_device(r.device), low_memory=True)
     report.notes += [note] if note else []
     import onnxruntime
 
