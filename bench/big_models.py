@@ -91,7 +91,10 @@ def hf_shapes(hidden: int, layers: int, mlp: int, classes: int = 400) -> dict[st
         for name in ("query", "key", "value"):
             shapes[p + f"attention.attention.{name}.weight"] = (hidden, hidden)
         shapes[p + "attention.attention.q_bias"] = shapes[p + "attention.attention.v_bias"] = (hidden,)
-        shapes[p + "attention.output.dense.weight"], shapes[p + "attention.output.dense.bias"] = (hidden, hidden), (hidden,)
+        shapes[p + "attention.output.dense.weight"], shapes[p + "attention.output.dense.bias"] = (
+            (hidden, hidden),
+            (hidden,),
+        )
         shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (mlp, hidden), (mlp,)
         shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (hidden, mlp), (hidden,)
         for norm in ("layernorm_before", "layernorm_after"):
@@ -145,7 +148,9 @@ def make_weights(size: str, folder: Path) -> str:
         d.mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)
     (repo / "blobs" / "config.json").write_text(json.dumps(hf_config(hidden, layers, heads, mlp), indent=2))
-    save_file(random_tensors(hf_shapes(hidden, layers, mlp)), str(repo / "blobs" / "model.safetensors"), {"format": "pt"})
+    save_file(
+        random_tensors(hf_shapes(hidden, layers, mlp)), str(repo / "blobs" / "model.safetensors"), {"format": "pt"}
+    )
     for name in ("config.json", "model.safetensors"):
         link = snap / name
         if not link.exists():
@@ -204,7 +209,11 @@ def run_size(size: str, work: Path, steps: list[str], clip: Path | None, r1: int
     say(f"{size}: writing random weights into {work}")
     subprocess.run([sys.executable, __file__, "--make-weights", size, str(work)], check=True)
     spec = (work / "spec.txt").read_text()
-    weights = sum(p.stat().st_size for p in work.rglob("*") if p.suffix in (".safetensors", ".pth") and p.is_file() and not p.is_symlink())
+    weights = sum(
+        p.stat().st_size
+        for p in work.rglob("*")
+        if p.suffix in (".safetensors", ".pth") and p.is_file() and not p.is_symlink()
+    )
     env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
     art = work / f"{size}-r{r1}"
     sta = [sys.executable, "-m", "sta_cli"]

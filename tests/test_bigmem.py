@@ -146,7 +146,9 @@ def test_steps_say_what_each_step_cost_on_stderr_only(tmp_path, artifact):
     r = run_cli("prune", "--model", str(artifact), "--r1", "2", "-o", tmp_path / "p", "--json")
     assert r.exit_code == 0, r.stderr
     json.loads(r.stdout)  # stdout holds the report only
-    done = [line for line in r.stderr.splitlines() if line.startswith("· loading weights") and " s, peak memory " in line]
+    done = [
+        line for line in r.stderr.splitlines() if line.startswith("· loading weights") and " s, peak memory " in line
+    ]
     assert done and done[0].endswith(" GB"), r.stderr
 
 
@@ -167,7 +169,7 @@ def test_after_a_near_tie_swap_logits_are_held_to_atol_on_the_graphs_tokens(monk
     """A runtime breaking every tie the other way keeps other tokens in later stages, so its logits
     differ from PyTorch's; PyTorch re-run on the graph's kept tokens must match them to atol, and a
     wrong logit still fails."""
-    from test_near_ties import reverse_tie_break, run_validation, tied_model, duplicated_clip
+    from test_near_ties import duplicated_clip, reverse_tie_break, run_validation, tied_model
 
     from sta_cli.errors import ValidationFailed
     from sta_cli.export.graph import ExportModule

@@ -279,7 +279,12 @@ def export(
                 f"exporting ONNX (opset {opset}, {'batch ' + str(batch) if batch else 'dynamic batch'}{', fp16' if fp16 else ''})"
             )
             onnx_export.export_onnx(
-                exported, path, opset=opset, batch=batch, metadata=onnx_export.metadata_props(model, settings, spec), log=log
+                exported,
+                path,
+                opset=opset,
+                batch=batch,
+                metadata=onnx_export.metadata_props(model, settings, spec),
+                log=log,
             )
             report["opset"] = opset
             report["exporter"] = (
