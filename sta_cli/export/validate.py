@@ -365,19 +365,8 @@ def validate(
         with recording_scores() as record:
             ref = reference(case.x)
         release_memory()
-
-        def rerun(kept: list[torch.Tensor], x: torch.Tensor = case.x, label: str = case.label):
-            from ..pruning import sta
-
-            log(
-                f"validating on {label}: the PyTorch reference on the graph's kept tokens (near ties broken the other way)"
-            )
-            with forcing_kept(kept):
-                out = reference(x)
-                release_memory()
-                return None if sta.forced_kept else out  # a stage left unforced: not comparable
-
         scores = [stage_scores(e) for e in record]
+        rerun = forced_reference(reference, case, log)
         case_checks, diff = compare_case(case, names, ours, ref, atol, scores, tie_tol, rerun)
         checks.extend(case_checks)
         diffs.append(diff)
@@ -388,6 +377,23 @@ def validate(
         "cases": [f"{c.label}" for c in cases],
         "checks": [asdict(c) for c in checks],
     }
+
+
+def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], case: Case, log: Log):
+    """`rerun` for compare_case: PyTorch on `case` keeping the graph's tokens at every stage (None
+    if a stage was left unforced: then the two are not comparable)."""
+    from ..pruning import sta
+
+    def rerun(kept: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        log(
+            f"validating on {case.label}: the PyTorch reference on the graph's kept tokens (near ties broken the other way)"
+        )
+        with forcing_kept(kept):
+            out = reference(case.x)
+            release_memory()
+            return None if sta.forced_kept else out
+
+    return rerun
 
 
 def failures(result: dict, allow_mismatch: bool) -> list[dict]:
