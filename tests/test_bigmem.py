@@ -78,6 +78,8 @@ def test_torch_files_are_mapped_not_read_and_still_weights_only(tmp_path):
     torch.save({"model": sd, "epoch": 3}, path)
     read = read_weights(path)
     assert all(torch.equal(read[k], v) for k, v in sd.items())
+    if Path("/proc/self/maps").is_file():  # Linux: the file is mapped while its tensors live
+        assert str(path.resolve()) in Path("/proc/self/maps").read_text()
     legacy = tmp_path / "legacy.pth"  # the pre-zip format cannot be mapped: read as before
     torch.save(sd, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(read_weights(legacy)["head.weight"], sd["head.weight"])

@@ -94,7 +94,7 @@ class _Clock:
 
 
 def peak_memory() -> str:
-    """ ", peak memory 2.41 GB": the process's peak resident size so far ("" where unknown)."""
+    """The process's peak resident size so far, as ", peak memory 2.41 GB" ("" where unknown)."""
     try:
         import resource
     except ImportError:  # Windows

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ import torch.nn as nn
 from ..errors import StaError
 from ..log import Log, quiet
 from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
+from .validate import release_memory
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # LayerNormalization is a single op from 17 on
@@ -140,7 +140,7 @@ def export_onnx(
     program.model.metadata_props.update(metadata)
     save(program, path, log)
     del program
-    gc.collect()  # the ONNX IR graph is full of reference cycles: free its weight copies now
+    release_memory()  # the ONNX IR graph is full of reference cycles: free its weight copies now
 
 
 def weight_bytes(program) -> int:

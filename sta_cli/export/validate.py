@@ -18,6 +18,9 @@ fails. The scores come from the reference run (`pruning.sta.score_record`); see 
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +37,20 @@ OK, FAIL, WARN = "✓", "✗", "!"
 # 64 clips identical) or 1e-6; fp16 at most 1e-2 (median 1e-4); int8 at most 3e-2 (median 1e-2).
 # Each default leaves a margin of 3x or more; a wrong score or gather needs O(1).
 TIE_TOL = {"float32": 1e-4, "float16": 3e-2, "int8": 1e-1}
+
+
+def release_memory() -> None:
+    """Collect garbage and hand the C heap's free memory back to the OS (glibc's malloc_trim).
+
+    PyTorch and ONNX Runtime free a run's activations into the C heap, which keeps them: the next
+    run of the other (or a session being built) then adds its peak on top. Trimming between runs
+    keeps the peaks apart (Video Swin-T export validation: 3.52 -> 2.89 GB). A no-op elsewhere."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim with
+            pass
 
 
 @dataclass
@@ -329,9 +346,11 @@ def validate(
         if not names_ok:
             cases = []
     diffs = []
+    release_memory()  # what building the session (and the export before it) left in the heap
     for case in cases:
         log(f"validating on {case.label}: the exported model")
         ours = run(case.x)
+        release_memory()
         if len(ours) != len(names):
             checks.append(
                 Check(
@@ -345,18 +364,9 @@ def validate(
         log(f"validating on {case.label}: the PyTorch reference")
         with recording_scores() as record:
             ref = reference(case.x)
-
-        def rerun(kept: list[torch.Tensor], x: torch.Tensor = case.x, label: str = case.label):
-            from ..pruning import sta
-
-            log(
-                f"validating on {label}: the PyTorch reference on the graph's kept tokens (near ties broken the other way)"
-            )
-            with forcing_kept(kept):
-                out = reference(x)
-                return None if sta.forced_kept else out  # a stage left unforced: not comparable
-
+        release_memory()
         scores = [stage_scores(e) for e in record]
+        rerun = forced_reference(reference, case, log)
         case_checks, diff = compare_case(case, names, ours, ref, atol, scores, tie_tol, rerun)
         checks.extend(case_checks)
         diffs.append(diff)
@@ -367,6 +377,23 @@ def validate(
         "cases": [f"{c.label}" for c in cases],
         "checks": [asdict(c) for c in checks],
     }
+
+
+def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], case: Case, log: Log):
+    """`rerun` for compare_case: PyTorch on `case` keeping the graph's tokens at every stage (None
+    if a stage was left unforced: then the two are not comparable)."""
+    from ..pruning import sta
+
+    def rerun(kept: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        log(
+            f"validating on {case.label}: the PyTorch reference on the graph's kept tokens (near ties broken the other way)"
+        )
+        with forcing_kept(kept):
+            out = reference(case.x)
+            release_memory()
+            return None if sta.forced_kept else out
+
+    return rerun
 
 
 def failures(result: dict, allow_mismatch: bool) -> list[dict]:
