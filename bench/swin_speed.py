@@ -113,9 +113,7 @@ def interleaved(runs: dict, rounds: int, cpu_time: bool, warmup: int = 2) -> dic
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench(
-    size: str, paths: list[str], rounds: int, threads: int, workdir: Path, log, cpu_time: bool = False
-) -> dict:
+def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path, log, cpu_time: bool = False) -> dict:
     cfg = SIZES[size]
     x = torch.randn(
         1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1)
