@@ -11,6 +11,14 @@ ratio (fvcore convention, `sta_cli.flops.gflops`), and its share of it.
 
     python bench/swin_speed.py --size T --rounds 5 --threads 2 --json swin-t.json
     python bench/swin_speed.py --size B --paths torch --rounds 3   # eager only (no exports)
+    python bench/swin_speed.py --size T --threads 1 --cpu-time --rounds 7   # on a busy machine
+
+--cpu-time measures CPU time instead of wall-clock time (needs --threads 1: with more threads,
+CPU time counts OpenMP's spin-waits): `time.thread_time` for torch, `time.process_time` for ONNX
+Runtime (its one intra-op thread is the caller's). A machine shared with other jobs deschedules
+threads at random, which wall-clock ratios absorb and CPU time does not. Every path runs twice
+before timing: ONNX Runtime's second run of a large graph still grows its arena (page faults,
+about 1 s of system time for Swin-T).
 
 Random weights: latency does not depend on the values (every shape is fixed by r1).
 """
@@ -20,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from export_speed import interleaved  # same timing as the ViT bench
 
 from sta_cli.export.graph import ExportModule
 from sta_cli.export.onnx import export_onnx
@@ -90,7 +98,22 @@ def export_checked(model: VideoSwin, x: torch.Tensor, path: Path, threads: int):
     }
 
 
-def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path, log) -> dict:
+def interleaved(runs: dict, rounds: int, cpu_time: bool, warmup: int = 2) -> dict:
+    """Median seconds per run, one call of every run per round (paths and r1 values alternate)."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for (path, r1), fn in runs.items():
+            clock = (time.thread_time if path == "torch" else time.process_time) if cpu_time else time.perf_counter
+            start = clock()
+            fn()
+            times[(path, r1)].append(clock() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path, log, cpu_time: bool = False) -> dict:
     cfg = SIZES[size]
     x = torch.randn(
         1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1)
@@ -108,7 +131,7 @@ def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path,
         if "torch" in paths:
             runs[("torch", r1)] = lambda m=model: run_eager(m, x)
     log(f"Swin-{size}: {', '.join(paths)} interleaved, {rounds} rounds")
-    times = interleaved(runs, rounds)
+    times = interleaved(runs, rounds, cpu_time)
     rows = []
     for r1 in R1S[size]:
         row = {"r1": r1, "gflops": round(flops[r1], 2), "flop_ratio": round(flops[R1S[size][0]] / flops[r1], 3)}
@@ -121,7 +144,8 @@ def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path,
             }
         rows.append(row | checks[r1])
         log("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    return {"size": size, "threads": threads, "rounds": rounds, "batch": 1, "rows": rows}
+    clock = "cpu time" if cpu_time else "wall clock"
+    return {"size": size, "threads": threads, "rounds": rounds, "batch": 1, "clock": clock, "rows": rows}
 
 
 def run_eager(model: VideoSwin, x: torch.Tensor) -> None:
@@ -135,9 +159,12 @@ def main() -> None:
     p.add_argument("--paths", nargs="+", default=["ort", "torch"], choices=["ort", "torch"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu-time", action="store_true", help="Time CPU time instead of wall clock (needs --threads 1).")
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     p.add_argument("--keep", type=Path, default=None, help="Keep the exported .onnx files in this folder.")
     args = p.parse_args()
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time needs --threads 1 (with more threads CPU time counts OpenMP's spin-waits)")
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     import onnxruntime
@@ -152,7 +179,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        results["result"] = bench(args.size, args.paths, args.rounds, args.threads, workdir, log)
+        results["result"] = bench(args.size, args.paths, args.rounds, args.threads, workdir, log, args.cpu_time)
     results["load_average_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)
