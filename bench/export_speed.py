@@ -1,6 +1,6 @@
 """Latency of exported STA models: ONNX Runtime (CPU) and torch eager, ViT-S and ViT-B at 16x224^2.
 
-For every size and r1 in {0, 32, 48, 64}: export with `sta_cli.export.onnx.export_onnx` (the code
+For every size and r1 in {0, 32, 48, 64}: export with `sta_cli.formats.onnx.export_onnx` (the code
 `sta export` runs, dynamic batch), then time batch 1 and 4 with a fixed thread count. Runs are
 interleaved across r1 values (one run of each config per round), so slow drifts of a shared
 machine hit every config alike; the median over rounds is reported. The speedup over r1 = 0 sits
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from sta_cli.export.onnx import export_onnx
 from sta_cli.flops import gflops
+from sta_cli.formats.onnx import export_onnx
 from sta_cli.models.base import ModelCard
 from sta_cli.models.layers import StaScoring
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig

@@ -1,7 +1,7 @@
 """int8 ONNX (`sta export --quantize int8`) against float32: ViT-B 16x224^2, r1 = 0 and 64, ONNX Runtime CPU.
 
 Exports the unpruned and the r1 = 64 model with `export_onnx` (what `sta export` runs), quantises
-each with `sta_cli.export.quantize.quantize_int8` (linear layers only, STA scores float32), and
+each with `sta_cli.formats.quantize.quantize_int8` (linear layers only, STA scores float32), and
 times the four graphs interleaved (one run of each per round, median over rounds) at a fixed thread
 count with ONNX Runtime's idle-thread spinning off. Target (issue 12): int8 r1=64 at least 3x
 faster than float32 unpruned. Also reports how close the int8 graphs stay to the float32 PyTorch
@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import SIZES, interleaved, random_model, session  # noqa: E402
 
-from sta_cli.export.graph import ExportModule  # noqa: E402
-from sta_cli.export.onnx import export_onnx  # noqa: E402
-from sta_cli.export.quantize import quantize_int8  # noqa: E402
-from sta_cli.export.validate import TIE_TOL, _set_overlap, near_tie_check, recording_scores, stage_scores  # noqa: E402
 from sta_cli.flops import gflops  # noqa: E402
+from sta_cli.formats.graph import ExportModule  # noqa: E402
+from sta_cli.formats.onnx import export_onnx  # noqa: E402
+from sta_cli.formats.quantize import quantize_int8  # noqa: E402
+from sta_cli.formats.validate import TIE_TOL, _set_overlap, near_tie_check, recording_scores, stage_scores  # noqa: E402
 from sta_cli.pruning import STAConfig  # noqa: E402
 
 TOLERANCES = [0, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]

@@ -1,7 +1,7 @@
 """Latency of STA-pruned Video Swin-T/B (32x224^2): ONNX Runtime (CPU) and torch eager vs the FLOP ratio.
 
 For r1 in {0, 192, 256, 320} (paper Table 3): export random-weight Swin with
-`sta_cli.export.onnx.export_onnx` (the code `sta export` runs; dynamic batch, opset 18), check that
+`sta_cli.formats.onnx.export_onnx` (the code `sta export` runs; dynamic batch, opset 18), check that
 ONNX Runtime reproduces PyTorch on the timing clip (same kept positions, logits diff) and the file
 size against the weights, then time one clip (batch 1) with a fixed thread count, interleaved across
 r1 values and paths (one run of each per round, median over rounds; `export_speed.interleaved`).
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from sta_cli.export.graph import ExportModule
-from sta_cli.export.onnx import export_onnx
 from sta_cli.flops import gflops
+from sta_cli.formats.graph import ExportModule
+from sta_cli.formats.onnx import export_onnx
 from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig
 from sta_cli.pruning import STAConfig
 

@@ -104,8 +104,8 @@ def onnx_file(workdir: Path, arch: str, side: str, int8: bool) -> Path:
 
 def export(model, sta: STAConfig, workdir: Path, arch: str, side: str, log) -> None:
     """Float32 ONNX of `model` at `sta` (and for the pruned side its int8 twin), unless already there."""
-    from sta_cli.export.onnx import export_onnx
-    from sta_cli.export.quantize import quantize_int8
+    from sta_cli.formats.onnx import export_onnx
+    from sta_cli.formats.quantize import quantize_int8
 
     path = onnx_file(workdir, arch, side, False)
     if path.exists():

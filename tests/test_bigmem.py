@@ -101,7 +101,7 @@ def test_fused_qkv_is_kept_without_a_copy():
 
 
 def test_exporter_steps_become_progress_lines():
-    from sta_cli.export.onnx import _ExporterProgress
+    from sta_cli.formats.onnx import _ExporterProgress
 
     said = []
     stream = _ExporterProgress(said.append)
@@ -127,7 +127,7 @@ def artifact(tmp_path_factory) -> Path:
 def test_weights_above_the_threshold_go_to_external_data(tmp_path, artifact, monkeypatch):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from sta_cli.export import onnx as onnx_export
+    from sta_cli.formats import onnx as onnx_export
     from sta_cli.tasks.export import export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
@@ -175,8 +175,8 @@ def test_after_a_near_tie_swap_logits_are_held_to_atol_on_the_graphs_tokens(monk
     from test_near_ties import duplicated_clip, reverse_tie_break, run_validation, tied_model
 
     from sta_cli.errors import ValidationFailed
-    from sta_cli.export.graph import ExportModule
-    from sta_cli.export.validate import enforce
+    from sta_cli.formats.graph import ExportModule
+    from sta_cli.formats.validate import enforce
     from sta_cli.pruning import sta as sta_module
 
     model, x = tied_model(), duplicated_clip()

@@ -265,7 +265,7 @@ def test_model_spec_with_grid_first_group_exports_without_scatter(tmp_path, chec
 
 def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):
     """Duplicated tokens give exactly tied scores: PyTorch and ONNX Runtime must keep the same ones."""
-    from sta_cli.export.onnx import _sort_stable
+    from sta_cli.formats.onnx import _sort_stable
 
     tied = torch.tensor([[0.5, 0.2, 0.2, 0.9, 0.2, 0.5]])
     assert keep_lowest(tied, 4).tolist() == [[1, 2, 4, 0]]
@@ -302,7 +302,7 @@ def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):
 
 def perturbed_torchscript(monkeypatch, logits_shift: float = 0.0, swap_kept: bool = False):
     """Make the exported program disagree with PyTorch the way a faulty runtime would."""
-    from sta_cli.export import torchscript as ts
+    from sta_cli.formats import torchscript as ts
 
     real = ts.load_torchscript
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sta_cli.errors import ValidationFailed
-from sta_cli.export.graph import ExportModule, output_names
-from sta_cli.export.validate import TIE_TOL, Case, enforce, validate
+from sta_cli.formats.graph import ExportModule, output_names
+from sta_cli.formats.validate import TIE_TOL, Case, enforce, validate
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 from sta_cli.pruning import sta as sta_module
@@ -52,7 +52,7 @@ def messages(result: dict, kind: str | None = None) -> list[str]:
 
 def tied_pair(model, x, stage: int = 0) -> tuple[int, int]:
     """Two places of PyTorch's kept list at `stage` (sample 0) holding different tokens with equal scores."""
-    from sta_cli.export.validate import recording_scores, stage_scores
+    from sta_cli.formats.validate import recording_scores, stage_scores
 
     with recording_scores() as record:
         kept = ExportModule(model)(x)[1 + stage][0]
@@ -135,7 +135,7 @@ def test_broken_gather_fails(break_it):
 def test_tolerance_decides():
     """Swap the two closest-scored (not equal) kept tokens of a group: a near tie just inside the
     tolerance, a divergence just outside it."""
-    from sta_cli.export.validate import recording_scores, stage_scores
+    from sta_cli.formats.validate import recording_scores, stage_scores
 
     model = tied_model()
     x = duplicated_clip() + 0.3 * torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -164,7 +164,7 @@ def test_tolerance_decides():
 def test_set_swap_at_the_boundary_sorted_output():
     """Video Swin reports kept positions sorted: a near tie at the keep boundary is a token swapped
     in for another. Two groups of 6 tokens, 4 kept each; token 3 and token 4 tie in group 1."""
-    from sta_cli.export.validate import StageScores, near_tie_check
+    from sta_cli.formats.validate import StageScores, near_tie_check
 
     keys = torch.tensor([[0.1, 0.5, 0.2, 0.60, 0.60 + 1e-7, 0.9, 0.3, 0.1, 0.8, 0.2, 0.4, 0.7]], dtype=torch.float64)
     scores = [StageScores(torch.arange(12)[None], keys, 6)]

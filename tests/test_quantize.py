@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
 from sta_cli.cli import app  # noqa: E402
-from sta_cli.export import quantize as q  # noqa: E402
+from sta_cli.formats import quantize as q  # noqa: E402
 
 runner = CliRunner()
 

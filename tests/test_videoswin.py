@@ -481,9 +481,9 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
     """Regression: ONNX export with autograd on (as bench/export_speed.py calls it) failed with "Cannot
     view a tensor ..." (a reshape after SDPA traced as a view), TorchScript tracing with "numpy.ndarray %
     Tensor" (the grid read as traced 0-d tensors). Both now export and reproduce PyTorch at batch 1 and 3."""
-    from sta_cli.export import onnx as onnx_export
-    from sta_cli.export.graph import ExportModule, example_input, output_names
-    from sta_cli.export.validate import Case, validate
+    from sta_cli.formats import onnx as onnx_export
+    from sta_cli.formats.graph import ExportModule, example_input, output_names
+    from sta_cli.formats.validate import Case, validate
     from sta_cli.runtime.ort import session as ort_session
     from sta_cli.tasks.export import export
 
@@ -549,7 +549,7 @@ def test_onnx_tensors_stay_near_the_weights(tmp_path, r1):
     (Swin-T once stored 115 MB of masks beside 113 MB of weights; this model then stored 1.3x).
     The graph's nodes add ~1 kB each (exporter metadata), which only a model this small notices;
     bench/swin_speed.py checks the whole file of Swin-T and Swin-B against the bound."""
-    from sta_cli.export.onnx import export_onnx
+    from sta_cli.formats.onnx import export_onnx
 
     model = VideoSwin(SIZE_CFG, STAConfig(r1=r1)).eval()
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -9,7 +9,7 @@ Library use:
 The output folder gets the model file (model.onnx | model.pt | model.pt2) and a config.json with
 labels, preprocessing, the pruning settings and what each export holds. Everything is written in
 a temporary folder first and moved in place only after validation passed, so a failure leaves
-nothing behind. The format writers live in `sta_cli/export/`.
+nothing behind. The format writers live in `sta_cli/formats/`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch.nn as nn
 
 from .. import __version__
 from ..errors import StaError, ValidationFailed
-from ..export.graph import ExportModule, example_input, io_spec, output_names
-from ..export.quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
-from ..export.validate import Case, Check, enforce, format_block, validate
+from ..formats.graph import ExportModule, example_input, io_spec, output_names
+from ..formats.quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
+from ..formats.validate import Case, Check, enforce, format_block, validate
 from ..io import artifact as art
 from ..io import outputs
 from ..io.artifact import model_config
@@ -153,7 +153,7 @@ def check_arguments(format: str, opset: int, fixed_batch: int | None, atol: floa
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise StaError(f"ONNX export needs {e.name}: pip install 'sta-cli[export]' (or [gpu])") from None
-        from ..export.onnx import check_opset
+        from ..formats.onnx import check_opset
 
         check_opset(opset)
 
@@ -375,7 +375,7 @@ def _write_format(job: _Job, path: Path, log: Log) -> Callable[[torch.Tensor], l
 
 
 def _write_onnx(job: _Job, exported: nn.Module, path: Path, log: Log):
-    from ..export import onnx as onnx_export
+    from ..formats import onnx as onnx_export
 
     r, report, model = job.request, job.report, job.model
     log(f"exporting ONNX (opset {r.opset}, {r.describe()})")
@@ -395,7 +395,7 @@ def _write_onnx(job: _Job, exported: nn.Module, path: Path, log: Log):
 
 
 def _write_torch(job: _Job, exported: nn.Module, path: Path, log: Log):
-    from ..export import torchscript as ts
+    from ..formats import torchscript as ts
 
     r, report, dev = job.request, job.report, job.device
     if r.format == "torchscript":
@@ -446,7 +446,7 @@ def _validate(job: _Job, run, path: Path, log: Log) -> None:
 
 
 def _declared_outputs(path: Path):
-    from ..export.onnx import declared_outputs
+    from ..formats.onnx import declared_outputs
 
     return declared_outputs(path)
 

@@ -156,7 +156,7 @@ def _export_unpruned(model: nn.Module, opset: int, cached: Path | None) -> Path:
     """Export into the artifact (published with its checksum in the manifest), or a temporary folder."""
     import tempfile
 
-    from ..export.onnx import export_onnx
+    from ..formats.onnx import export_onnx
 
     if cached is None:
         path = Path(tempfile.mkdtemp(prefix="sta-profile-")) / "unpruned.onnx"

@@ -1,0 +1,36 @@
+"""The three commands from Python, as a deployment script runs them: `import sta_cli` only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import sta_cli
+
+pytest.importorskip("onnxruntime")
+
+
+def test_prune_export_profile_from_python(tmp_path):
+    art = tmp_path / "demo-art"
+    pruned = sta_cli.prune("demo", r1=10, out=art)
+    assert pruned.output == str(art) and (art / "model.safetensors").is_file()
+    exported = sta_cli.export(art, "onnx")
+    assert exported.ok and exported.validation["ok"] and (art / "model.onnx").is_file()
+    profiled = sta_cli.profile(None, art, runs=2, threads=1)
+    assert profiled.sta["r1"] == 10 and profiled.pruned.gflops < profiled.unpruned.gflops
+    assert profiled.onnx is not None and profiled.onnx.matches == "pruned"
+    json.dumps(dataclasses.asdict(profiled), allow_nan=False)  # what --json prints
+
+
+def test_command_names_are_the_functions_and_the_writers_stay_importable():
+    from sta_cli.formats import onnx as onnx_writer
+
+    assert callable(sta_cli.export) and callable(sta_cli.profile) and callable(sta_cli.evaluate)
+    assert sta_cli.export.__module__ == "sta_cli.tasks.export" and hasattr(onnx_writer, "export_onnx")
+
+
+def test_bad_input_raises_the_one_line_error(tmp_path):
+    with pytest.raises(sta_cli.StaError, match="unknown model"):
+        sta_cli.export(tmp_path / "nothing-here", "onnx")
