@@ -1,10 +1,10 @@
-"""Peak memory and wall time of `sta prune`, `sta export` and `sta profile` on VideoMAE ViT-L and ViT-H.
+"""Peak memory and wall time of `sta prune`, `sta export` and `sta profile` on VideoMAE ViT-L, ViT-H (and ViT-g).
 
 Random weights in the exact Hugging Face Hub layout (transformers' config.json and model.safetensors
 key names, as `MCG-NJU/videomae-{large,huge}-finetuned-kinetics` publish them) are laid out in a
 Hugging Face cache in a temporary folder, and the commands run as a user would, offline:
 
-    HF_HUB_OFFLINE=1 sta prune --model videomae-large --r1 64 -o X
+    HF_HUB_OFFLINE=1 sta prune --model MCG-NJU/videomae-large-finetuned-kinetics --r1 64 -o X
     sta export X --format onnx
     sta profile CLIP --model X          (the packaged demo clip unless --clip)
 
