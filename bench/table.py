@@ -9,7 +9,7 @@ Paths, unpruned and pruned at the paper's r1 (`api.paper_r1`: ViT 64, Swin-T 256
 - sta compiled: `sta_cli.compiled.compile_model` (torch.compile, fullgraph); compile time reported.
 - ONNX Runtime float32: `export_onnx` (what `sta export` runs), CPU provider, idle-thread
   spinning off (`sta_cli.runtime.ort.session`).
-- ONNX Runtime int8 pruned: the pruned graph through `export.quantize.quantize_int8` (what
+- ONNX Runtime int8 pruned: the pruned graph through `formats.quantize.quantize_int8` (what
   `sta export --quantize int8` writes).
 
 Timing: one warm-up call per path, then `--rounds` rounds of one call per path (interleaved, so a
