@@ -244,7 +244,7 @@ def say(msg: str) -> None:
 
 
 def default_clip() -> Path | None:
-    from sta_cli.profile import demo_clip
+    from sta_cli.runtime.loading import demo_clip
 
     return demo_clip()
 
