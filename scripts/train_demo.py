@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from sta_cli.demo import clips_to_input, make_dataset, predict, render_clip
 from sta_cli.demo.synthetic import LABELS, NUM_FRAMES, SIZE, clip_seed
 from sta_cli.flops import gflops
-from sta_cli.io.artifact import atomic_dir, model_config, write_json
+from sta_cli.io.artifact import model_config
+from sta_cli.io.outputs import new_folder, write_json
 from sta_cli.io.video import load_clip
 from sta_cli.models.base import ModelCard
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
@@ -158,7 +159,7 @@ def save(model: VideoMAE, args, settings: dict, results: dict) -> None:
     model.card = ModelCard("videomae", "demo", list(LABELS), dict(PREPROCESSING))
     label = SAMPLE["index"] % len(LABELS)
     frames = render_clip(label, clip_seed(SAMPLE["split"], SAMPLE["index"]))
-    with atomic_dir(Path(args.out), force=True) as tmp:
+    with new_folder(Path(args.out), force=True) as tmp:
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "producer": "sta train_demo"})
         write_json(tmp / "config.json", model_config(model))
