@@ -29,15 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "swin"
 CASES = ("grid", "padded")
 
 # Small enough to run in milliseconds; grids (4,16,16), (4,8,8), (4,4,4), (4,2,2); r1 <= 27.
-TINY = VideoSwinConfig(
-    embed_dim=8,
-    depths=(2, 2, 2, 2),
-    num_heads=(1, 2, 2, 4),
-    window_size=(2, 4, 4),
-    num_frames=8,
-    image_size=64,
-    num_classes=5,
-)
+TINY = tiny_swin_config(depths=(2, 2, 2, 2), num_frames=8)
 
 
 def tiny_model(seed: int = 0, sta: STAConfig | None = None) -> VideoSwin:
