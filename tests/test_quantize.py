@@ -8,25 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
-from sta_cli.cli import app  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
 from sta_cli.formats import quantize as q  # noqa: E402
-
-runner = CliRunner()
-
-
-def run_cli(*args, cwd: Path):
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture(scope="module")
@@ -98,45 +87,15 @@ def test_accuracy_drop_past_the_threshold_fails_and_writes_nothing(tmp_path, mon
         return {**measured, "int8_sta": measured["float32_unpruned"] - 3.0, "drop": 3.0}
 
     monkeypatch.setattr(q, "heldout_accuracy", worse)
-    r = run_cli(
-        "export",
-        "--model",
-        "demo",
-        "--r1",
-        21,
-        "-o",
-        "out",
-        "--quantize",
-        "int8",
-        "--accuracy-clips",
-        16,
-        "--max-accuracy-drop",
-        2.5,
-        cwd=tmp_path,
-    )
+    export_int8 = ["export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16]
+    r = run_cli(*export_int8, "--max-accuracy-drop", 2.5, cwd=tmp_path)
     assert r.exit_code == 3 and "Traceback" not in r.stderr
     assert (
         "sta: error: model.int8.onnx: validation failed on held-out clips: held-out top-1 on 16 demo clips" in r.stderr
     )
     assert "drop +3.00 points, at most 2.5" in r.stdout and "nothing was written" in r.stderr
     assert not (tmp_path / "out").exists()
-    r = run_cli(
-        "export",
-        "--model",
-        "demo",
-        "--r1",
-        21,
-        "-o",
-        "out",
-        "--quantize",
-        "int8",
-        "--accuracy-clips",
-        16,
-        "--max-accuracy-drop",
-        3,
-        "--json",
-        cwd=tmp_path,
-    )
+    r = run_cli(*export_int8, "--max-accuracy-drop", 3, "--json", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["int8"]["accuracy"]["drop"] == 3.0
 

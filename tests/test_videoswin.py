@@ -458,15 +458,7 @@ def test_onnx_export_static_shapes(tmp_path):
 
 # Several windows per slice, windows smaller than the grid and padded (stage grids (2,10,10),
 # (2,5,5), (2,3,3), (2,2,2) with a (2,3,3) window), two heads and a shifted block in a pruned stage.
-EXPORT_CFG = VideoSwinConfig(
-    embed_dim=8,
-    depths=(1, 2, 1, 1),
-    num_heads=(1, 2, 2, 2),
-    window_size=(2, 3, 3),
-    num_frames=4,
-    image_size=40,
-    num_classes=5,
-)
+EXPORT_CFG = tiny_swin_config(depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 2), window_size=(2, 3, 3), image_size=40)
 
 
 def test_export_padded_windows_onnx_and_torchscript(tmp_path):
