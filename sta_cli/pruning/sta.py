@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,22 @@ def accumulate(affinity: torch.Tensor, prev_kept: torch.Tensor | None, prev_scor
     return torch.bmm(transition, prev_score[..., None]).squeeze(-1)
 
 
+def group_scores(cfg: STAConfig, x: torch.Tensor, groups: int, stage_index: int) -> Callable:
+    """What a group's tokens are ranked by: score(group, redundancy (B, n)) -> (B, n), lowest kept.
+    Eq. 5 for `sta`; one of its factors, or a fixed random draw, for the ablations."""
+    if cfg.score == "temporal":
+        return lambda g, redundancy: redundancy
+    if cfg.score == "random":  # a fixed draw per (seed, stage, group)
+        B, N, _ = x.shape
+        return lambda g, redundancy: random_uniform(
+            N // groups, cfg.seed, 100 * (stage_index + 1) + g, x.device
+        ).expand(B, -1)
+    keep_weight = (1 - semantic_weight(x, groups)).unbind(1)  # Eq. 5's semantic factor, all groups in one op
+    if cfg.score == "semantic":
+        return lambda g, redundancy: keep_weight[g]
+    return lambda g, redundancy: redundancy * keep_weight[g]  # Eq. 5
+
+
 def keep_lowest(score: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` lowest scores, ascending (ties: lower index first). (B, n) -> (B, keep)."""
     return stable_argsort(score)[:, :keep]
@@ -200,44 +217,24 @@ def stage_keep_indices(
     reference produces (first group: bipartite order; others: ascending score), which later stages'
     even/odd split depends on.
     """
+    if forced_kept:
+        return indices_of(forced_kept.pop(0).to(x.device), positions)
     B, N, _ = x.shape
-    if forced_kept:  # index of each given position among this stage's tokens
-        where = torch.zeros(B, int(positions.max()) + 1, dtype=torch.long, device=x.device)
-        where.scatter_(1, positions.flatten(1), torch.arange(N, device=x.device).expand(B, N))
-        return where.gather(1, forced_kept.pop(0).to(x.device))
     G, r = stage.groups, stage.drop
-    n = N // G
-    keep = n - r
+    n, keep = N // G, N // G - r
     metric = F.normalize(metric.float(), dim=-1).unflatten(1, (G, n))  # (B, G, n, c)
-    semantic = semantic_weight(x, G)  # (B, G, n)
     positions = positions.unflatten(1, (G, n))
     visit = list(range(G - 1, -1, -1)) if stage.backward else list(range(G))
-
-    if cfg.score == "sta":  # Eq. 5's semantic factor, for every group in one op
-        keep_weight = 1 - semantic
-
-    kept: dict[int, torch.Tensor] = {}  # group -> (B, keep) indices within the group
     first = visit[0]
     order = first_group_order(metric[:, first], positions[:, first], r, cfg, stage_index, grid_hw)
-    kept[first] = order[:, :keep]
-    affinities = visit_affinities(metric, visit) if G > 1 else ()
+    kept = {first: order[:, :keep]}  # group -> (B, keep) indices within the group
+    score_of, scores = group_scores(cfg, x, G, stage_index), {}
     prev_kept, prev_score = None, None  # the second group sees all n first-group tokens
-    scores: dict[int, torch.Tensor] = {}  # for `score_record` only
-    for i, g in enumerate(visit[1:]):
-        redundancy = accumulate(affinities[i], prev_kept, prev_score)  # (B, n)
-        if cfg.score == "sta":
-            score = redundancy * keep_weight[:, g]  # Eq. 5
-        elif cfg.score == "temporal":
-            score = redundancy
-        elif cfg.score == "semantic":
-            score = 1 - semantic[:, g]
-        else:  # random baseline: a fixed draw per (seed, stage, group)
-            score = random_uniform(n, cfg.seed, 100 * (stage_index + 1) + g, x.device).expand(B, n)
-        idx = keep_lowest(score, keep)
-        if score_record is not None:
-            scores[g] = score
-        kept[g] = prev_kept = idx
-        prev_score = redundancy.gather(1, idx)
+    for g, affinity in zip(visit[1:], visit_affinities(metric, visit) if G > 1 else ()):
+        redundancy = accumulate(affinity, prev_kept, prev_score)  # (B, n)
+        scores[g] = score_of(g, redundancy)
+        kept[g] = prev_kept = keep_lowest(scores[g], keep)
+        prev_score = redundancy.gather(1, prev_kept)
         prev_score = prev_score / prev_score.sum(-1, keepdim=True)
     if score_record is not None:
         score_record.append(
@@ -252,6 +249,14 @@ def stage_keep_indices(
         )
     offsets = torch.arange(0, N, n, device=x.device)[:, None]  # (G, 1): group g starts at g * n
     return (torch.stack([kept[g] for g in range(G)], 1) + offsets).flatten(1)
+
+
+def indices_of(wanted: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Index of each of `wanted` (B, K) among `positions` (B, N), all present. -> (B, K)."""
+    B, N = positions.shape
+    where = torch.zeros(B, int(positions.max()) + 1, dtype=torch.long, device=positions.device)
+    where.scatter_(1, positions, torch.arange(N, device=positions.device).expand(B, N))
+    return where.gather(1, wanted)
 
 
 def gather_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
