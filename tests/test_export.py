@@ -150,6 +150,15 @@ def test_onnx_metadata(artifact):
     assert json.loads(meta["io"])["inputs"][0]["name"] == "pixel_values"
 
 
+def test_onnx_file_does_not_depend_on_the_install(artifact):
+    """No exporter stack traces (they hold this machine's paths); the module name scopes stay."""
+    graph = onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph
+    keys = {p.key for node in graph.node for p in node.metadata_props}
+    assert "pkg.torch.onnx.name_scopes" in keys
+    assert not keys & {"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"}
+    assert str(Path(sta_cli.__file__).parent).encode() not in (artifact / "model.onnx").read_bytes()
+
+
 @torch.no_grad()
 def test_onnx_runtime_parity_dynamic_batch(artifact):
     """Independent of the exporter's own validation: ORT vs PyTorch on the clip and batches 1 and 3."""

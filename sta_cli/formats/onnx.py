@@ -138,9 +138,24 @@ def export_onnx(
         "pruning stage, kept_positions_s (original token indices kept). See metadata 'sta' and 'io'."
     )
     program.model.metadata_props.update(metadata)
+    strip_debug_metadata(program.model)
     save(program, path, log)
     del program
     release_memory()  # the ONNX IR graph is full of reference cycles: free its weight copies now
+
+
+# Per node, the exporter records the Python stack and the FX node it came from: debugging aids that
+# embed this machine's install paths (the file would differ per install) and make up a fifth of a
+# small model's file. The name scopes stay: they map each node to its module.
+DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def strip_debug_metadata(model) -> None:
+    """Drop DEBUG_METADATA from every node of an onnx_ir model (subgraphs and functions included)."""
+    graphs = [model.graph, *model.functions.values()]
+    for node in (n for g in graphs for n in g.all_nodes()):
+        for key in DEBUG_METADATA:
+            node.metadata_props.pop(key, None)
 
 
 def weight_bytes(program) -> int:
