@@ -142,7 +142,7 @@ def test_weights_above_the_threshold_go_to_external_data(tmp_path, artifact, mon
     assert largest.data_location == onnx.TensorProto.EXTERNAL
     assert "saving model.onnx (weights in model.onnx.data)" in said
     assert "tracing the model (torch.export)" in said
-    assert any(s.startswith("validating on random batch of 3: the exported model") for s in said)
+    assert any(s.startswith("validating on random batch of 2: the exported model") for s in said)
 
 
 def test_steps_say_what_each_step_cost_on_stderr_only(tmp_path, artifact):

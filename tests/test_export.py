@@ -161,11 +161,11 @@ def test_onnx_file_does_not_depend_on_the_install(artifact):
 
 @torch.no_grad()
 def test_onnx_runtime_parity_dynamic_batch(artifact):
-    """Independent of the exporter's own validation: ORT vs PyTorch on the clip and batches 1 and 3."""
+    """Independent of the exporter's own validation: ORT vs PyTorch on the clip and batches 1 and 2 (traced at 3)."""
     model = sta_cli.load(artifact)
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     torch.manual_seed(3)
-    for x in (synthetic_clip(model.preprocessing), torch.randn(1, 3, 8, 64, 64), torch.randn(3, 3, 8, 64, 64)):
+    for x in (synthetic_clip(model.preprocessing), torch.randn(1, 3, 8, 64, 64), torch.randn(2, 3, 8, 64, 64)):
         logits, kept = model.forward_with_positions(x)
         out = session.run(None, {"pixel_values": x.numpy()})
         assert out[0].shape == (x.shape[0], 7)
@@ -180,7 +180,7 @@ def test_validation_block_is_printed(workdir, artifact):
     r = run_cli("export", artifact.name, "-f", "torchscript", cwd=workdir)
     assert r.exit_code == 0, r.stderr
     assert "-[✓] kept positions identical (3 stages, 48/40/36 tokens)" in r.stdout
-    assert "Validating on random batch of 3" in r.stdout and "-[✗]" not in r.stdout
+    assert "Validating on random batch of 2" in r.stdout and "-[✗]" not in r.stdout
     assert "model saved at: tiny-sta-r4/model.pt" in r.stdout
 
 

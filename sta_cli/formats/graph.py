@@ -20,6 +20,11 @@ import torch.nn as nn
 
 INPUT_NAME = "pixel_values"
 BATCH_DIM = "batch"
+# A dynamic-batch graph is traced at TRACE_BATCH and validated at VALIDATION_BATCHES, which do not
+# include it: a batch size baked into the graph fails validation. Validation's largest batch sets
+# the peak memory of exporting a big model (ONNX Runtime's run), hence 2 rather than 3.
+TRACE_BATCH = 3
+VALIDATION_BATCHES = (1, 2)
 
 
 class ExportModule(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..errors import StaError
 from ..log import Log, quiet
-from .graph import BATCH_DIM, INPUT_NAME, ExportModule, example_input, output_names, root_cause, warm_up
+from .graph import BATCH_DIM, INPUT_NAME, TRACE_BATCH, ExportModule, example_input, output_names, root_cause, warm_up
 from .validate import release_memory
 
 DEFAULT_OPSET = 18
@@ -113,7 +113,7 @@ def export_onnx(
     go to `path`.data (see `save`). Everything the exporter built is freed before this returns.
     """
     wrapper = ExportModule(model).eval()
-    x = example_input(model, batch or 2, next(model.parameters()).dtype)
+    x = example_input(model, batch or TRACE_BATCH, next(model.parameters()).dtype)
     warm_up(model, x[:1])  # the cached constants do not depend on the batch; one sample's activations do not add up
     dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
     with quiet_exporter(log):

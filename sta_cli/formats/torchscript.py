@@ -7,7 +7,7 @@ file, so the labels and preprocessing are there too.
 TorchScript is deprecated upstream in favour of torch.export, but it is still what LibTorch C++
 loads, so we keep it. Tracing is enough here: STA's control flow depends only on the model's
 shape plan (never on data), and the batch size is read with traced shape ops, so one trace
-serves every batch size (validated at batch 1 and 3).
+serves every batch size (traced at batch 3, validated at 1 and 2).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import StaError
-from .graph import BATCH_DIM, ExportModule, example_input, root_cause, warm_up
+from .graph import BATCH_DIM, TRACE_BATCH, ExportModule, example_input, root_cause, warm_up
 
 
 def export_torchscript(model: nn.Module, path: Path, *, batch: int | None, config: dict) -> dict:
     """Trace `model` (in its export dtype and device) into `path`. Returns {"tracer_warnings": [...]}."""
     param = next(model.parameters())
-    x = example_input(model, batch or 2, param.dtype, param.device)
+    x = example_input(model, batch or TRACE_BATCH, param.dtype, param.device)
     warm_up(model, x)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -44,7 +44,7 @@ def export_torchscript(model: nn.Module, path: Path, *, batch: int | None, confi
 def export_pt2(model: nn.Module, path: Path, *, batch: int | None, config: dict) -> dict:
     """torch.export the model into a `.pt2` archive (dynamic batch unless `batch`)."""
     param = next(model.parameters())
-    x = example_input(model, batch or 2, param.dtype, param.device)
+    x = example_input(model, batch or TRACE_BATCH, param.dtype, param.device)
     warm_up(model, x)
     dynamic = None if batch else ({0: torch.export.Dim(BATCH_DIM)},)
     with warnings.catch_warnings():

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..errors import StaError, ValidationFailed
-from ..formats.graph import ExportModule, example_input, io_spec, output_names
+from ..formats.graph import VALIDATION_BATCHES, ExportModule, example_input, io_spec, output_names
 from ..formats.quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
 from ..formats.validate import Case, Check, enforce, format_block, validate
 from ..io import artifact as art
@@ -253,13 +253,13 @@ def replaced_note(folder: Path, format: str) -> str | None:
 
 
 def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, clip) -> list[Case]:
-    """The sample clip (synthetic unless `clip`) and random batches of 1 and 3 (or of the fixed batch)."""
+    """The sample clip (synthetic unless `clip`) and random batches of 1 and 2 (or of the fixed batch)."""
     x, name = sample_clip(model, clip)
     name = "synthetic clip" if name == "synthetic" else f"clip {name}"
     if batch is not None and batch != x.shape[0]:
         x = x.repeat(batch, *([1] * (x.dim() - 1)))
     cases = [Case(f"{name} (batch {x.shape[0]})", x.to(dtype))]
-    for b in [1, 3] if batch is None else [batch]:
+    for b in VALIDATION_BATCHES if batch is None else [batch]:
         cases.append(Case(f"random batch of {b}", example_input(model, b, dtype, seed=100 + b)))
     return cases
 
