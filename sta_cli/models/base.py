@@ -14,7 +14,7 @@ class ModelCard:
     """family: the backbone ("videomae" | "videoswin"). source_name: what outputs are named after
     (alias, Hub repo or folder name). labels: class names, index order. preprocessing: how clips
     are sampled and normalised (frames, stride, short side, crop, mean/std; see
-    `models._preprocessing`). provenance: where each value no config gave came from."""
+    `models.build._preprocessing`). provenance: where each value no config gave came from."""
 
     family: str
     source_name: str

@@ -119,8 +119,8 @@ class VideoMAEConfig:
     def from_hf(cls, hf: dict) -> VideoMAEConfig:
         """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias).
 
-        The head count is taken as the config says; see `models.build_videomae` for the checkpoints
-        whose config is known to be wrong.
+        The head count is taken as the config says; `models.build` corrects the checkpoints whose
+        config is known to be wrong (CONVERTED_6_HEAD_SMALL).
         """
         for key in (
             "hidden_size",
