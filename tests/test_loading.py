@@ -68,7 +68,7 @@ def test_hub_config_heads_are_trusted():
             "qv_bias": True,
         }
     )
-    assert cfg.num_heads == 16  # only the known converted checkpoints are corrected (models.build_videomae)
+    assert cfg.num_heads == 16  # only the known converted checkpoints are corrected (models/build.py)
     assert VideoMAEConfig.from_hf({"hidden_size": 768, "qkv_bias": False}).qkv_bias is False
 
 

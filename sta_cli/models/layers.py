@@ -46,14 +46,22 @@ class StaScoring(nn.Module):
 
 class PrunedClassifier(nn.Module):
     """The interface every backbone offers: subclasses define `forward_tokens(x) -> (pooled (B, D),
-    kept positions per STA stage)`, a `head`, `set_sta(STAConfig)`, `stages`, `tokens_per_stage`,
-    `pruning_grid` (the (t, h, w) token grid where STA starts) and `kept_grids` (per STA stage, the
-    grid its kept positions index). After `forward`, `kept_positions` holds the original token
-    indices each stage kept, (B, tokens) each. `card` (a ModelCard: labels, preprocessing, family,
-    source, provenance) is attached by the builder, models.build_from_source."""
+    kept positions per STA stage)`, a `head`, `plan_stages(STAConfig) -> list[Stage]` (behind
+    `set_sta`), `tokens_per_stage`, `pruning_grid` (the (t, h, w) token grid where STA starts) and
+    `kept_grids` (per STA stage, the grid its kept positions index). After `forward`,
+    `kept_positions` holds the original token indices each stage kept, (B, tokens) each. `card` (a
+    ModelCard: labels, preprocessing, family, source, provenance) is attached by the builder,
+    models.build_from_source."""
 
     kept_positions: list[torch.Tensor]
     card: ModelCard | None = None
+
+    def set_sta(self, sta: STAConfig) -> None:
+        """Change the pruning settings: `stages` becomes the model's plan for `sta` (a StaError, and
+        nothing changed, when the settings do not fit its token grids)."""
+        self.stages = self.plan_stages(sta)
+        self.sta = sta
+        self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
 
     def _card(self) -> ModelCard:
         if self.card is None:

@@ -2,10 +2,10 @@
 
 `ArchOverrides` carries the values a user gives explicitly (`--num-heads --image-size --num-frames
 --mean --std`, or the same keywords of `sta_cli.load` / `sta_cli.prune`); it is passed down from
-`io.checkpoints.resolve` to the builders as a plain argument. `Provenance` records where each value
-of a built model came from (its config, the weights, an option, or an assumption for a released
-architecture), is printed on stderr when anything was not read from a config, and is written into
-the artifact's config.json.
+`io.checkpoints.resolve` to the builder (models/build.py) as a plain argument. `Provenance` records
+where each value of a built model came from (its config, the weights, an option, or an assumption
+for a released architecture), is printed on stderr when anything was not read from a config, and is
+written into the artifact's config.json.
 """
 
 from __future__ import annotations

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
-from ..pruning import STAConfig, gather_tokens, plan_stages, similarity_feature
+from ..pruning import STAConfig, Stage, gather_tokens, similarity_feature
+from ..pruning import plan_stages as plan_vit_stages
+from .base import ConfigDict
 from .layers import Mlp, PrunedClassifier, StaScoring
 
 # The released architectures: (embed_dim, depth, patch_size) -> (name, heads). Their weights come
@@ -53,7 +55,7 @@ _INT_FIELDS = (
 
 
 @dataclass(frozen=True)
-class VideoMAEConfig:
+class VideoMAEConfig(ConfigDict):
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -106,21 +108,12 @@ class VideoMAEConfig:
         n_t, h, w = self.grid
         return n_t * h * w
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VideoMAEConfig:
-        if not isinstance(d, dict):
-            raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
     @classmethod
     def from_hf(cls, hf: dict) -> VideoMAEConfig:
         """From a transformers `VideoMAEConfig` dict (either bias spelling: qkv_bias, or newer qv_bias).
 
-        The head count is taken as the config says; see `models.build_videomae` for the checkpoints
-        whose config is known to be wrong.
+        The head count is taken as the config says; `models.build` corrects the checkpoints whose
+        config is known to be wrong (CONVERTED_6_HEAD_SMALL).
         """
         for key in (
             "hidden_size",
@@ -234,12 +227,10 @@ class VideoMAE(PrunedClassifier):
         self.kept_positions: list[torch.Tensor] = []
         self.set_sta(sta or STAConfig())
 
-    def set_sta(self, sta: STAConfig) -> None:
-        """Change the pruning settings (validated against this model's token grid)."""
+    def plan_stages(self, sta: STAConfig) -> list[Stage]:
+        """STA's stages for this model's token grid (StaError when the settings do not fit it)."""
         n_t, h, w = self.cfg.grid
-        self.stages = plan_stages(sta, self.cfg.depth, n_t, h * w)
-        self.sta = sta
-        self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
+        return plan_vit_stages(sta, self.cfg.depth, n_t, h * w)
 
     @property
     def pruning_grid(self) -> tuple[int, int, int]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
-from ..pruning import STAConfig, gather_tokens
+from ..pruning import STAConfig, Stage, gather_tokens
 from ..pruning.swin import nearest_kept_fill, plan_swin_stages
+from .base import ConfigDict
 from .layers import Mlp, PrunedClassifier, StaScoring
 
 # The released architectures (torchvision's swin3d_{t,s,b} and the original release): (embed_dim,
@@ -60,7 +61,7 @@ MAX_TOKENS = 1 << 20
 
 
 @dataclass(frozen=True)
-class VideoSwinConfig:
+class VideoSwinConfig(ConfigDict):
     embed_dim: int = 96
     depths: tuple[int, ...] = (2, 2, 6, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
@@ -118,15 +119,6 @@ class VideoSwinConfig:
             grids.append((t, h, w))
             h, w = -(-h // 2), -(-w // 2)
         return grids
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VideoSwinConfig:
-        if not isinstance(d, dict):
-            raise StaError(f"model config must be a JSON object, got {type(d).__name__}")
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 # --- window attention -----------------------------------------------------------------------------
@@ -434,11 +426,9 @@ class VideoSwin(PrunedClassifier):
         self.kept_positions: list[torch.Tensor] = []
         self.set_sta(sta or STAConfig())
 
-    def set_sta(self, sta: STAConfig) -> None:
-        """Change the pruning settings (validated against this model's stage grids)."""
-        self.stages = plan_swin_stages(sta, self.cfg.stage_grids[1:])
-        self.sta = sta
-        self._stage_at = {s.block: i for i, s in enumerate(self.stages)}
+    def plan_stages(self, sta: STAConfig) -> list[Stage]:
+        """STA's steps for this model's stage grids (StaError when the settings do not fit them)."""
+        return plan_swin_stages(sta, self.cfg.stage_grids[1:])
 
     @property
     def pruning_grid(self) -> tuple[int, int, int]:
