@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import StaError, ValidationFailed
+from ..formats.validate import SkippedValidation
 from ..tasks.export import ExportReport
 from ..tasks.export import export as export_model
 from . import common as c
@@ -172,9 +173,9 @@ def print_block(report: ExportReport) -> None:
 
 def print_files(report: ExportReport) -> None:
     v, files = report.validation, report.files
-    checks = v["checks"] + (report.int8["validation"]["checks"] if report.int8 else [])
-    failed = [x for x in checks if not x["ok"]]
-    if v.get("skipped"):
+    checks = v.checks + (report.int8.validation.checks if report.int8 else [])
+    failed = [x for x in checks if not x.ok]
+    if isinstance(v, SkippedValidation):
         head = "Validation skipped (--no-validate)"
     elif failed:
         head = f"The export succeeded with {len(failed)} warning(s)"
