@@ -81,21 +81,18 @@ Dataset = Annotated[
         show_default=False,
     ),
 ]
+# Unlike the single --r1 of prune, export and profile: eval compares several settings in one pass.
 R1List = Annotated[
     str | None,
     typer.Option(
         "--r1",
         metavar="R1,R1,...",
-        help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).",
+        show_default="an artifact's r1, else half the paper's setting and the paper's setting scaled to the model "
+        "(ViT-B: 32,64; the demo: 10,21)",
+        help="Comma-separated r1 values to compare (a list, unlike prune's, export's and profile's single --r1); "
+        "0 (unpruned) is always included.",
     ),
 ]
-Views = Annotated[
-    str,
-    typer.Option(
-        "--views", metavar="TxS", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3)."
-    ),
-]
-Batch = Annotated[int, typer.Option("--batch", "-b", metavar="INT", help="Clips per forward pass.")]
 Workers = Annotated[
     int,
     typer.Option("--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process)."),
@@ -106,7 +103,8 @@ Out = Annotated[
         "--out",
         "-o",
         metavar="FOLDER",
-        help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).",
+        show_default="./eval-<model>-<dataset>",
+        help="Output folder; re-running with the same folder resumes.",
     ),
 ]
 Root = Annotated[
@@ -125,7 +123,15 @@ Precision = Annotated[
         help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).",
     ),
 ]
-Force = Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")]
+# Not quite prune's and export's --force (o.Force): without it eval resumes OUT instead of refusing it.
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Discard the results already in OUT and start over (without --force eval resumes them, where prune "
+        "and export refuse an existing output). Like theirs, never replaces a folder sta did not write.",
+    ),
+]
 
 
 @c.handle_errors
@@ -135,8 +141,8 @@ def eval_command(
     dataset: Dataset,
     model: o.ModelOrDefault = None,
     r1: R1List = None,
-    views: Views = "1x1",
-    batch: Batch = 8,
+    views: o.Views = "1x1",
+    batch: o.Batch = 8,
     workers: Workers = 2,
     out: Out = None,
     root: Root = None,

@@ -31,7 +31,7 @@ ModelSpec = Annotated[
         "-m",
         metavar="MODEL",
         show_default=False,
-        help="Export a model spec (alias, Hub id, folder, file) pruned with the STA options.",
+        help=f"Instead of SOURCE. {o.MODEL_HELP} A model spec is pruned with the STA options.",
     ),
 ]
 Format = Annotated[

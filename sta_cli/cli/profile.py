@@ -27,15 +27,6 @@ Onnx = Annotated[
         help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).",
     ),
 ]
-Batch = Annotated[int, typer.Option("--batch", metavar="INT", help="Clips per forward pass when timing.")]
-Views = Annotated[
-    str | None,
-    typer.Option(
-        "--views",
-        metavar="TxS",
-        help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.",
-    ),
-]
 Vis = Annotated[
     Path | None,
     typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG)."),
@@ -72,8 +63,8 @@ def profile(
     model: o.ModelOrDefault = None,
     r1: o.R1 = None,
     onnx: Onnx = None,
-    batch: Batch = 1,
-    views: Views = None,
+    batch: o.Batch = 1,
+    views: o.Views = "1x1",
     vis: Vis = None,
     sweep: SweepR1 = None,
     sweep_png: SweepPng = None,
