@@ -41,6 +41,30 @@ def test_help_shows_flags_bare_and_every_default(command):
         assert "sta | temporal | semantic | random" in text
 
 
+def test_an_option_in_several_commands_means_the_same_in_each():
+    """Same flags, metavar and help wherever an option appears; the few that cannot be the same say
+    in their help how they differ (eval's --r1 list and --force over a resumable OUT)."""
+    import typer
+
+    from sta_cli.cli import app
+
+    commands = typer.main.get_command(app).commands
+    by_name: dict[str, dict[str, tuple]] = {}
+    for command, cmd in commands.items():
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.name != "help":
+                by_name.setdefault(max(p.opts, key=len), {})[command] = (tuple(sorted(p.opts)), p.metavar, p.help)
+    differ = {("eval", "--r1"), ("eval", "--force"), ("eval", "--out"), ("export", "--model"), ("export", "--out")}
+    for option, seen in by_name.items():
+        same = {v for command, v in seen.items() if (command, option) not in differ}
+        assert len(same) <= 1, (option, seen)
+    assert {"profile", "eval"} <= set(by_name["--batch"]) and by_name["--batch"]["eval"][0] == ("--batch", "-b")
+    assert {"profile", "eval"} <= set(by_name["--views"])
+    assert "unlike prune's, export's and profile's single --r1" in by_name["--r1"]["eval"][2]
+    assert "without --force eval resumes them" in by_name["--force"]["eval"][2]
+    assert "re-running with the same folder resumes" in by_name["--out"]["eval"][2]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

@@ -3,6 +3,7 @@ against the float32 PyTorch model on the packaged demo; `sta profile` times it."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_accuracy_drop_past_the_threshold_fails_and_writes_nothing(tmp_path, mon
 
     def worse(run, model, clips, batch):
         measured = real(run, model, clips, batch)
-        return {**measured, "int8_sta": measured["float32_unpruned"] - 3.0, "drop": 3.0}
+        return dataclasses.replace(measured, int8_sta=measured.float32_unpruned - 3.0, drop=3.0)
 
     monkeypatch.setattr(q, "heldout_accuracy", worse)
     export_int8 = ["export", "--model", "demo", "--r1", 21, "-o", "out", "--quantize", "int8", "--accuracy-clips", 16]

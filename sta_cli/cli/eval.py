@@ -71,67 +71,84 @@ class RichProgress:
             self._bar.stop()
 
 
+# --- eval's own options --------------------------------------------------------------------------
+
+Dataset = Annotated[
+    Path,
+    typer.Argument(
+        metavar="DATASET",
+        help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.",
+        show_default=False,
+    ),
+]
+# Unlike the single --r1 of prune, export and profile: eval compares several settings in one pass.
+R1List = Annotated[
+    str | None,
+    typer.Option(
+        "--r1",
+        metavar="R1,R1,...",
+        show_default="an artifact's r1, else half the paper's setting and the paper's setting scaled to the model "
+        "(ViT-B: 32,64; the demo: 10,21)",
+        help="Comma-separated r1 values to compare (a list, unlike prune's, export's and profile's single --r1); "
+        "0 (unpruned) is always included.",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option("--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process)."),
+]
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="FOLDER",
+        show_default="./eval-<model>-<dataset>",
+        help="Output folder; re-running with the same folder resumes.",
+    ),
+]
+Root = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        metavar="FOLDER",
+        help="Folder that relative paths in the list are relative to (default: the list's folder).",
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        metavar="NAME",
+        help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).",
+    ),
+]
+# Not quite prune's and export's --force (o.Force): without it eval resumes OUT instead of refusing it.
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Discard the results already in OUT and start over (without --force eval resumes them, where prune "
+        "and export refuse an existing output). Like theirs, never replaces a folder sta did not write.",
+    ),
+]
+
+
 @c.handle_errors
 @o.arch_options
 @o.sta_options
 def eval_command(
-    dataset: Annotated[
-        Path,
-        typer.Argument(
-            metavar="DATASET",
-            help="List file (`path label` per line, or CSV with path and label columns) or a folder with one subfolder per class.",
-            show_default=False,
-        ),
-    ],
+    dataset: Dataset,
     model: o.ModelOrDefault = None,
-    r1: Annotated[
-        str | None,
-        typer.Option(
-            "--r1",
-            metavar="R1,R1,...",
-            help="Comma-separated r1 values; 0 (unpruned) is always included. Default: an artifact's r1, else half the paper's setting and the paper's setting scaled to the model (ViT-B: 32,64; the demo: 10,21).",
-        ),
-    ] = None,
-    views: Annotated[
-        str,
-        typer.Option(
-            "--views", metavar="TxS", help="Views per video: temporal clips x spatial crops (VideoMAE K400: 5x3)."
-        ),
-    ] = "1x1",
-    batch: Annotated[int, typer.Option("--batch", "-b", metavar="INT", help="Clips per forward pass.")] = 8,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers", "-w", metavar="INT", help="Decoding worker processes (0: decode in the main process)."
-        ),
-    ] = 2,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            metavar="FOLDER",
-            help="Output folder; re-running with the same folder resumes (default: ./eval-<model>-<dataset>).",
-        ),
-    ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            "--root",
-            metavar="FOLDER",
-            help="Folder that relative paths in the list are relative to (default: the list's folder).",
-        ),
-    ] = None,
+    r1: R1List = None,
+    views: o.Views = "1x1",
+    batch: o.Batch = 8,
+    workers: Workers = 2,
+    out: Out = None,
+    root: Root = None,
     device: o.Device = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            metavar="NAME",
-            help="fp32, or fp16 / bf16 autocast (the paper's throughput figures use fp16 on GPU).",
-        ),
-    ] = "fp32",
-    force: Annotated[bool, typer.Option("--force", help="Discard the results already in OUT and start over.")] = False,
+    precision: Precision = "fp32",
+    force: Force = False,
     compile: o.Compile = False,
     revision: o.Revision = None,
     token: o.Token = None,
@@ -155,24 +172,10 @@ def eval_command(
         )
     try:
         summary = evaluate(
-            dataset,
-            model,
-            r1,
-            views=views,
-            batch=batch,
-            workers=workers,
-            out=out,
-            root=root,
-            force=force,
-            device=device,
-            precision=precision,
-            revision=revision,
-            token=token,
-            arch=arch,
-            progress=RichProgress() if main_rank else None,
-            compile=compile,
-            **sta_options,
-        )
+            dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,
+            device=device, precision=precision, revision=revision, token=token, arch=arch,
+            progress=RichProgress() if main_rank else None, compile=compile, **sta_options,
+        )  # fmt: skip
     except StaError as e:
         if not main_rank:  # every rank fails with the same message; rank 0 prints it once
             raise typer.Exit(e.exit_code) from None

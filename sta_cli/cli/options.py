@@ -24,6 +24,8 @@ def _choices(values) -> str:
 
 # --- what to run on ------------------------------------------------------------------------------------
 
+MODEL_HELP = "Artifact folder, alias (see `sta models`), Hub repo id, local folder or weights file."
+Model = Annotated[str, typer.Option("--model", "-m", metavar="MODEL", show_default=False, help=MODEL_HELP)]
 ModelOrDefault = Annotated[
     str | None,
     typer.Option(
@@ -31,7 +33,7 @@ ModelOrDefault = Annotated[
         "-m",
         metavar="MODEL",
         show_default="the artifact `sta prune` left here, else the packaged demo model",
-        help="Artifact folder, alias, Hub repo id, local folder or weights file.",
+        help=MODEL_HELP,
     ),
 ]
 Compile = Annotated[
@@ -78,6 +80,20 @@ Device = Annotated[
     str,
     typer.Option(
         "--device", metavar="DEVICE", help=f"Where PyTorch runs: {DEVICE_HELP}; cuda without a GPU is an error."
+    ),
+]
+# profile and eval: the same forward passes over the same views (each command has its own default).
+Batch = Annotated[
+    int,
+    typer.Option("--batch", "-b", metavar="INT", help="Clips per forward pass (profile: also the batch it times)."),
+]
+Views = Annotated[
+    str,
+    typer.Option(
+        "--views",
+        metavar="TxS",
+        help="Views per video: T clips spread over the video x S crops along its long side, softmax averaged "
+        "(VideoMAE's K400 protocol: 5x3).",
     ),
 ]
 Json = Annotated[

@@ -13,62 +13,63 @@ from ..tasks.profile import ProfileReport, Sweep
 from . import common as c
 from . import options as o
 
+# --- profile's own options -----------------------------------------------------------------------
+
+Clip = Annotated[
+    Path | None,
+    typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip)."),
+]
+Onnx = Annotated[
+    Path | None,
+    typer.Option(
+        "--onnx",
+        metavar="FILE",
+        help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).",
+    ),
+]
+Vis = Annotated[
+    Path | None,
+    typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG)."),
+]
+SweepR1 = Annotated[
+    str | None,
+    typer.Option(
+        "--sweep",
+        metavar="R1,R1,...",
+        help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.",
+    ),
+]
+SweepPng = Annotated[
+    Path | None,
+    typer.Option(
+        "--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png)."
+    ),
+]
+Runs = Annotated[
+    int | None,
+    typer.Option("--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20)."),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
+]
+
 
 @c.handle_errors
 @o.arch_options
 @o.sta_options
 def profile(
-    clip: Annotated[
-        Path | None,
-        typer.Argument(metavar="CLIP", show_default=False, help="Video file (default: the demo model's sample clip)."),
-    ] = None,
+    clip: Clip = None,
     model: o.ModelOrDefault = None,
     r1: o.R1 = None,
-    onnx: Annotated[
-        Path | None,
-        typer.Option(
-            "--onnx",
-            metavar="FILE",
-            help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).",
-        ),
-    ] = None,
-    batch: Annotated[int, typer.Option("--batch", metavar="INT", help="Clips per forward pass when timing.")] = 1,
-    views: Annotated[
-        str | None,
-        typer.Option(
-            "--views",
-            metavar="TxS",
-            help="TxS: T clips spread over the video x S crops along its long side; predictions averaged.",
-        ),
-    ] = None,
-    vis: Annotated[
-        Path | None,
-        typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG)."),
-    ] = None,
-    sweep: Annotated[
-        str | None,
-        typer.Option(
-            "--sweep",
-            metavar="R1,R1,...",
-            help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.",
-        ),
-    ] = None,
-    sweep_png: Annotated[
-        Path | None,
-        typer.Option(
-            "--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png)."
-        ),
-    ] = None,
-    runs: Annotated[
-        int | None,
-        typer.Option(
-            "--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20)."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
-    ] = None,
+    onnx: Onnx = None,
+    batch: o.Batch = 1,
+    views: o.Views = "1x1",
+    vis: Vis = None,
+    sweep: SweepR1 = None,
+    sweep_png: SweepPng = None,
+    runs: Runs = None,
+    threads: Threads = None,
     device: o.Device = "auto",
     compile: o.Compile = False,
     revision: o.Revision = None,
@@ -82,26 +83,10 @@ def profile(
 
     model = c.default_model("profile", model, demo=True)
     report = run_profile(
-        clip,
-        model,
-        r1=r1,
-        onnx=onnx,
-        batch=batch,
-        views=views,
-        vis=vis,
-        sweep_r1=sweep,
-        sweep_png=sweep_png,
-        runs=runs,
-        threads=threads,
-        device=device,
-        revision=revision,
-        token=token,
-        compile=compile,
-        arch=arch,
-        log=lambda m: c.err.print(f"[dim]· {m}[/dim]"),
-        note=lambda m: c.err.print(f"profile: {m}"),
-        **sta_options,
-    )
+        clip, model, r1=r1, onnx=onnx, batch=batch, views=views, vis=vis, sweep_r1=sweep, sweep_png=sweep_png,
+        runs=runs, threads=threads, device=device, revision=revision, token=token, compile=compile, arch=arch,
+        log=lambda m: c.err.print(f"[dim]· {m}[/dim]"), note=lambda m: c.err.print(f"profile: {m}"), **sta_options,
+    )  # fmt: skip
     for w in report.warnings:
         c.err.print(f"[yellow]warning:[/yellow] {w}")
     if json:

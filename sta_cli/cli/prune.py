@@ -18,16 +18,7 @@ from . import options as o
 @o.arch_options
 @o.sta_options
 def prune(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            show_default=False,
-            help="Alias (see `sta models`), Hub repo id, local folder or weights file, or an sta artifact.",
-        ),
-    ],
+    model: o.Model,
     r1: o.R1 = None,
     out: Annotated[
         Path | None,

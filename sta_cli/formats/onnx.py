@@ -17,12 +17,14 @@ import json
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..errors import StaError
+from ..io.outputs import FieldAccess
 from ..log import Log, quiet
 from .graph import BATCH_DIM, INPUT_NAME, TRACE_BATCH, ExportModule, example_input, output_names, root_cause, warm_up
 from .validate import release_memory
@@ -183,7 +185,21 @@ def metadata_props(model: nn.Module, settings: dict, io: dict) -> dict[str, str]
     }
 
 
-def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
+@dataclass
+class GraphReport(FieldAccess):
+    """What the ONNX graph holds, and whether its shapes keep STA's contract (see `graph_report`)."""
+
+    opset: int
+    nodes: int
+    ops: dict[str, int]  # op type -> nodes, sorted by op type
+    topk: int
+    forbidden: list[str]  # FORBIDDEN_OPS the graph uses
+    not_static: list[str]  # tensors without a numeric shape once the batch is fixed
+    token_counts: list[int]  # of the (batch, tokens, width) activations, largest first
+    outputs: dict[str, list[int | str]]  # output name -> dims (a dim's number, or its symbol)
+
+
+def graph_report(path: Path, model: nn.Module, batch: int | None) -> GraphReport:
     """Op types, forbidden ops, and whether ONNX shape inference finds every token count static.
 
     Static is checked on a copy with the batch fixed to 2: ONNX shape inference (with data
@@ -215,16 +231,16 @@ def graph_report(path: Path, model: nn.Module, batch: int | None) -> dict:
             not_static.append(v.name)
         elif len(dims) == 3 and dims[2].dim_value in widths:
             token_counts.add(dims[1].dim_value)  # (batch, tokens, width) activations
-    return {
-        "opset": opset,
-        "nodes": nodes,
-        "ops": dict(sorted(ops.items())),
-        "topk": ops.get("TopK", 0),
-        "forbidden": sorted(op for op in ops if op in FORBIDDEN_OPS),
-        "not_static": not_static,
-        "token_counts": sorted(token_counts, reverse=True),
-        "outputs": outputs,
-    }
+    return GraphReport(
+        opset=opset,
+        nodes=nodes,
+        ops=dict(sorted(ops.items())),
+        topk=ops.get("TopK", 0),
+        forbidden=sorted(op for op in ops if op in FORBIDDEN_OPS),
+        not_static=not_static,
+        token_counts=sorted(token_counts, reverse=True),
+        outputs=outputs,
+    )
 
 
 def run_session(session, x: torch.Tensor) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ import copy
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
+from ..io.outputs import FieldAccess
 from ..runtime import ort
 from .validate import TIE_TOL, Case, Check, StageScores, _set_overlap, near_tie_check, recording_scores, stage_scores
 
@@ -81,8 +82,7 @@ def linear_nodes(proto) -> tuple[list[str], int]:
 
 
 @dataclass
-class QuantizeReport:
-    file: str
+class QuantizeReport(FieldAccess):
     linear_layers: int  # MatMul/Gemm nodes with a stored weight, all handed to the quantiser
     quantized: int  # nodes ONNX Runtime turned into integer ops
     float_matmuls: int  # activation x activation MatMuls (attention, STA scores): must stay float32
@@ -137,7 +137,7 @@ def quantize_int8(src: Path, dst: Path) -> QuantizeReport:
         shapeless.unlink(missing_ok=True)
     ops = collections.Counter(n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node)
     quantized = sum(ops.get(op, 0) for op in INT8_OPS)
-    return QuantizeReport(dst.name, len(linear), quantized, activation, bytes=dst.stat().st_size)
+    return QuantizeReport(len(linear), quantized, activation, bytes=dst.stat().st_size)
 
 
 def int8_graph_checks(path: Path, report: QuantizeReport) -> list[Check]:
@@ -166,6 +166,61 @@ def int8_graph_checks(path: Path, report: QuantizeReport) -> list[Check]:
 MIN_COSINE = 0.99  # logits of the int8 graph vs float32 PyTorch on the sample clip (demo: 0.99999)
 DEFAULT_MAX_ACCURACY_DROP = 2.0  # percentage points of held-out top-1, int8+STA vs float32 unpruned
 DEFAULT_ACCURACY_CLIPS = 256
+
+
+@dataclass
+class HeldoutAccuracy(FieldAccess):
+    """Top-1 (%) on the demo's held-out clips, int8 + STA vs float32 unpruned."""
+
+    clips: int
+    float32_unpruned: float
+    int8_sta: float
+    drop: float  # percentage points: float32_unpruned - int8_sta
+
+
+@dataclass
+class Int8Validation(FieldAccess):
+    """What `validate_int8` found (enforce / format_block read it like validate's result)."""
+
+    tie_tol: float
+    min_cosine: float
+    logit_cosine: float | None  # None: the output shapes differed
+    cases: list[str]
+    accuracy: HeldoutAccuracy | None  # None: not the demo model, or --accuracy-clips 0
+    max_accuracy_drop: float
+    checks: list[Check]
+    ok: bool | None = None  # set by `enforce`
+
+
+@dataclass
+class SkippedInt8Validation(FieldAccess):
+    """--no-validate: only the int8 graph checks."""
+
+    cases: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    skipped: bool = True
+    accuracy: None = None
+    ok: bool | None = None  # set by `enforce`
+
+
+@dataclass
+class Int8Export(FieldAccess):
+    """model.int8.onnx: how it was made and how it validated (the export report's `int8`)."""
+
+    file: str
+    dtype: str
+    batch: int | str  # an int, or "dynamic"
+    quantization: QuantizeReport
+    validated: bool
+    logit_cosine: float | None
+    accuracy: HeldoutAccuracy | None
+    runtime: str
+    validation: Int8Validation | SkippedInt8Validation
+
+    def config_entry(self, sta_version: str) -> dict:
+        """Its entry of config.json's "exports": everything but the validation's details."""
+        entry = {k: v for k, v in asdict(self).items() if k != "validation"}
+        return {**entry, "sta_version": sta_version}
 
 
 def int8_case_checks(
@@ -220,7 +275,7 @@ def is_demo(model: nn.Module) -> bool:
 @torch.no_grad()
 def heldout_accuracy(
     run: Callable[[torch.Tensor], list[torch.Tensor]], model: nn.Module, clips: int, batch: int | None
-) -> dict:
+) -> HeldoutAccuracy:
     """Top-1 (%) on the demo's held-out test clips: the int8 graph (with STA) vs float32 unpruned PyTorch."""
     from ..demo import clips_to_input, make_dataset
     from ..pruning import STAConfig
@@ -234,12 +289,7 @@ def heldout_accuracy(
     ref = torch.cat([unpruned(x[i : i + chunk]).argmax(-1) for i in range(0, clips, chunk)])
     ours = torch.cat([run(x[i : i + chunk])[0].argmax(-1) for i in range(0, clips, chunk)])
     acc_ref, acc_ours = 100 * (ref == labels).float().mean().item(), 100 * (ours == labels).float().mean().item()
-    return {
-        "clips": clips,
-        "float32_unpruned": round(acc_ref, 2),
-        "int8_sta": round(acc_ours, 2),
-        "drop": round(acc_ref - acc_ours, 2),
-    }
+    return HeldoutAccuracy(clips, round(acc_ref, 2), round(acc_ours, 2), round(acc_ref - acc_ours, 2))
 
 
 def validate_int8(
@@ -254,8 +304,8 @@ def validate_int8(
     accuracy_clips: int,
     batch: int | None,
     log,
-) -> dict:
-    """All int8 checks, in validate()'s result format (enforce / format_block read it)."""
+) -> Int8Validation:
+    """All int8 checks: the graph's (`extra`), the sample clip's and, for the demo, held-out accuracy."""
     checks = list(extra)
     with recording_scores() as record:
         ref = reference(case.x)
@@ -265,25 +315,17 @@ def validate_int8(
     if accuracy_clips > 0 and is_demo(model):
         log(f"int8: top-1 on {accuracy_clips} held-out demo clips (int8 + STA vs float32 unpruned)")
         accuracy = heldout_accuracy(run, model, accuracy_clips, batch)
-        ok = accuracy["drop"] <= max_accuracy_drop
+        ok = accuracy.drop <= max_accuracy_drop
         checks.append(
             Check(
-                f"held-out top-1 on {accuracy['clips']} demo clips: int8 + STA {accuracy['int8_sta']:.2f}%, float32 unpruned "
-                f"{accuracy['float32_unpruned']:.2f}% (drop {accuracy['drop']:+.2f} points, at most {max_accuracy_drop:g})",
+                f"held-out top-1 on {accuracy.clips} demo clips: int8 + STA {accuracy.int8_sta:.2f}%, float32 unpruned "
+                f"{accuracy.float32_unpruned:.2f}% (drop {accuracy.drop:+.2f} points, at most {max_accuracy_drop:g})",
                 ok,
                 "error",
                 "held-out clips",
             )
         )
-    return {
-        "tie_tol": TIE_TOL["int8"],
-        "min_cosine": MIN_COSINE,
-        "logit_cosine": cosine,
-        "cases": [case.label],
-        "accuracy": accuracy,
-        "max_accuracy_drop": max_accuracy_drop,
-        "checks": [asdict(c) for c in checks],
-    }
+    return Int8Validation(TIE_TOL["int8"], MIN_COSINE, cosine, [case.label], accuracy, max_accuracy_drop, checks)
 
 
 def write_int8(
@@ -296,9 +338,8 @@ def write_int8(
     max_accuracy_drop: float,
     accuracy_clips: int,
     log,
-) -> tuple[dict, dict, str]:
-    """Quantise `src` into model.int8.onnx beside it and validate it (case None: graph checks only).
-    -> (config entry, validation result, runtime description)."""
+) -> Int8Export:
+    """Quantise `src` into model.int8.onnx beside it and validate it (case None: graph checks only)."""
     import onnxruntime
 
     from . import onnx as onnx_export
@@ -311,7 +352,7 @@ def write_int8(
     run = lambda x: onnx_export.run_session(session, x)  # noqa: E731
     runtime = f"onnxruntime {onnxruntime.__version__} ({provider})"
     if case is None:
-        result = {"cases": [], "checks": [asdict(c) for c in extra], "skipped": True, "accuracy": None}
+        result = SkippedInt8Validation(checks=extra)
     else:
         log(f"validating {INT8_FILE} against PyTorch float32 eager ({runtime})")
         result = validate_int8(
@@ -326,13 +367,14 @@ def write_int8(
             batch=batch,
             log=log,
         )
-    entry = {
-        "file": INT8_FILE,
-        "dtype": "int8 linear layers, float32 activations and STA scores",
-        "batch": batch or "dynamic",
-        "quantization": {k: v for k, v in asdict(info).items() if k != "file"},
-        "validated": case is not None,
-        "logit_cosine": result.get("logit_cosine"),
-        "accuracy": result.get("accuracy"),
-    }
-    return entry, result, runtime
+    return Int8Export(
+        file=INT8_FILE,
+        dtype="int8 linear layers, float32 activations and STA scores",
+        batch=batch or "dynamic",
+        quantization=info,
+        validated=case is not None,
+        logit_cosine=None if case is None else result.logit_cosine,
+        accuracy=result.accuracy,
+        runtime=runtime,
+        validation=result,
+    )

@@ -23,11 +23,13 @@ import gc
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 
 from ..errors import ValidationFailed
+from ..io.outputs import FieldAccess
 from ..log import Log, quiet
 
 OK, FAIL, WARN = "✓", "✗", "!"
@@ -54,11 +56,42 @@ def release_memory() -> None:
 
 
 @dataclass
-class Check:
+class Check(FieldAccess):
     message: str
     ok: bool
     kind: str = "error"  # error | mismatch | warning
     case: str | None = None
+
+
+@dataclass
+class Validation(FieldAccess):
+    """What `validate` found: the tolerances, the largest logit difference and every check."""
+
+    atol: float
+    tie_tol: float
+    max_abs_diff: float | None  # None: no case ran
+    cases: list[str]
+    checks: list[Check]
+    ok: bool | None = None  # set by `enforce`
+
+
+@dataclass
+class SkippedValidation(FieldAccess):
+    """--no-validate: no case ran, only the checks that need no run (the ONNX graph's)."""
+
+    atol: float
+    max_abs_diff: None = None
+    cases: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    skipped: bool = True
+    ok: bool | None = None  # set by `enforce`
+
+
+class Checked(Protocol):
+    """A validation result `enforce` and `format_block` read (this module's, or formats.quantize's)."""
+
+    checks: list[Check]
+    ok: bool | None
 
 
 @dataclass
@@ -332,7 +365,7 @@ def validate(
     extra: list[Check] | None = None,
     tie_tol: float | None = None,
     log: Log = quiet,
-) -> dict:
+) -> Validation:
     """Run every case through both models and collect the checks. Raises nothing (see `enforce`).
 
     `reference` is the eager PyTorch model: its STA scores are recorded to judge near ties
@@ -370,13 +403,7 @@ def validate(
         case_checks, diff = compare_case(case, names, ours, ref, atol, scores, tie_tol, rerun)
         checks.extend(case_checks)
         diffs.append(diff)
-    return {
-        "atol": atol,
-        "tie_tol": tie_tol,
-        "max_abs_diff": max(diffs) if diffs else None,
-        "cases": [f"{c.label}" for c in cases],
-        "checks": [asdict(c) for c in checks],
-    }
+    return Validation(atol, tie_tol, max(diffs) if diffs else None, [c.label for c in cases], checks)
 
 
 def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], case: Case, log: Log):
@@ -396,32 +423,32 @@ def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], ca
     return rerun
 
 
-def failures(result: dict, allow_mismatch: bool) -> list[dict]:
+def failures(result: Checked, allow_mismatch: bool) -> list[Check]:
     fatal = {"error"} if allow_mismatch else {"error", "mismatch"}
-    return [c for c in result["checks"] if not c["ok"] and c["kind"] in fatal]
+    return [c for c in result.checks if not c.ok and c.kind in fatal]
 
 
-def enforce(result: dict, allow_mismatch: bool) -> None:
-    """ValidationFailed on the first fatal check (the caller's atomic output then disappears)."""
+def enforce(result: Checked, allow_mismatch: bool) -> None:
+    """Set result.ok; ValidationFailed on the first fatal check (the caller's atomic output then disappears)."""
     bad = failures(result, allow_mismatch)
-    result["ok"] = not bad
+    result.ok = not bad
     if bad:
         first = bad[0]
-        where = f" on {first['case']}" if first["case"] else ""
-        hint = " (pass --allow-mismatch to keep it anyway)" if all(c["kind"] == "mismatch" for c in bad) else ""
-        raise ValidationFailed(f"validation failed{where}: {first['message']}{hint}")
+        where = f" on {first.case}" if first.case else ""
+        hint = " (pass --allow-mismatch to keep it anyway)" if all(c.kind == "mismatch" for c in bad) else ""
+        raise ValidationFailed(f"validation failed{where}: {first.message}{hint}")
 
 
-def format_block(result: dict, title: str) -> list[str]:
+def format_block(result: Checked, title: str) -> list[str]:
     """Optimum-style lines: a title, then `-[✓] ...` per check, grouped by case."""
     lines = [title]
     current = object()
-    for c in result["checks"]:
-        if c["case"] != current:
-            current = c["case"]
+    for c in result.checks:
+        if c.case != current:
+            current = c.case
             if current is not None:
                 lines.append(f"\t- Validating on {current}")
-        mark = OK if c["ok"] else (WARN if c["kind"] == "warning" else FAIL)
-        indent = "\t\t" if c["case"] else "\t"
-        lines.append(f"{indent}-[{mark}] {c['message']}")
+        mark = OK if c.ok else (WARN if c.kind == "warning" else FAIL)
+        indent = "\t\t" if c.case else "\t"
+        lines.append(f"{indent}-[{mark}] {c.message}")
     return lines

@@ -29,8 +29,16 @@ import torch.nn as nn
 from .. import __version__
 from ..errors import StaError, ValidationFailed
 from ..formats.graph import VALIDATION_BATCHES, ExportModule, example_input, io_spec, output_names
-from ..formats.quantize import DEFAULT_ACCURACY_CLIPS, DEFAULT_MAX_ACCURACY_DROP, INT8_FILE, check_quantize, write_int8
-from ..formats.validate import Case, Check, enforce, format_block, validate
+from ..formats.onnx import GraphReport
+from ..formats.quantize import (
+    DEFAULT_ACCURACY_CLIPS,
+    DEFAULT_MAX_ACCURACY_DROP,
+    INT8_FILE,
+    Int8Export,
+    check_quantize,
+    write_int8,
+)
+from ..formats.validate import Case, Check, Checked, SkippedValidation, Validation, enforce, format_block, validate
 from ..io import artifact as art
 from ..io import outputs
 from ..io.artifact import model_config
@@ -71,16 +79,16 @@ class ExportReport:
     outputs: list[dict]
     opset: int | None = None  # ONNX only
     exporter: str = ""
-    graph: dict | None = None  # ONNX only: export.onnx.graph_report
+    graph: GraphReport | None = None  # ONNX only
     tracer_warnings: list[str] | None = None  # TorchScript only
     runtime: str = ""
     seconds_export: float = 0.0
     reference: str = ""
-    validation: dict = field(default_factory=dict)  # export.validate.validate's result
+    validation: Validation | SkippedValidation | None = None
     seconds_validation: float = 0.0
     notes: list[str] = field(default_factory=list)
     validation_block: list[str] = field(default_factory=list)  # what the CLI prints
-    int8: dict | None = None  # --quantize int8: the int8 graph's entry and validation
+    int8: Int8Export | None = None  # --quantize int8: the int8 graph and its validation
     output: str | None = None
     files: ExportFiles | None = None
     ok: bool = False
@@ -433,8 +441,7 @@ def _validate(job: _Job, run, path: Path, log: Log) -> None:
         declared = _declared_outputs(path) if r.format == "onnx" else None
         result = validate(run, reference, cases, names, declared, r.atol, r.fp16, extra, log=log)
     else:
-        checks = [c.__dict__ for c in extra]
-        result = {"atol": r.atol, "max_abs_diff": None, "cases": [], "checks": checks, "skipped": True}
+        result = SkippedValidation(r.atol, checks=extra)
     report.seconds_validation = round(time.perf_counter() - t0, 2)
     report.validation = result
     title = f"Validating {r.filename} ({report.dtype}) with {report.runtime} against {report.reference}..."
@@ -451,7 +458,7 @@ def _declared_outputs(path: Path):
     return declared_outputs(path)
 
 
-def _enforce(result: dict, allow_mismatch: bool, report: ExportReport, prefix: str = "") -> None:
+def _enforce(result: Checked, allow_mismatch: bool, report: ExportReport, prefix: str = "") -> None:
     try:
         enforce(result, allow_mismatch)
     except ValidationFailed as e:
@@ -461,7 +468,7 @@ def _enforce(result: dict, allow_mismatch: bool, report: ExportReport, prefix: s
         raise failed from None
 
 
-def _entry(job: _Job, result: dict) -> dict:
+def _entry(job: _Job, result: Validation | SkippedValidation) -> dict:
     """This export's entry of config.json's "exports"."""
     r, report = job.request, job.report
     return {
@@ -473,7 +480,7 @@ def _entry(job: _Job, result: dict) -> dict:
         "inputs": report.inputs,
         "outputs": report.outputs,
         "validated": r.validate_outputs,
-        "max_abs_diff": result["max_abs_diff"],
+        "max_abs_diff": result.max_abs_diff,
         "sta_version": __version__,
     }
 
@@ -507,37 +514,33 @@ def add_int8(job: _Job, path: Path, reference, case, log: Log) -> dict:
     config.json entry."""
     r, report = job.request, job.report
     names = output_names(job.model)
-    entry, result, runtime = write_int8(
-        path, job.model, reference, case, names, r.batch, r.max_accuracy_drop, r.accuracy_clips, log
-    )
-    report.int8 = {**entry, "runtime": runtime, "validation": result}
-    title = (
-        f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {runtime} against {report.reference}..."
-    )
-    report.validation_block += format_block(result, title)
-    _enforce(result, r.allow_mismatch, report, prefix=f"{INT8_FILE}: ")
-    return {**entry, "runtime": runtime, "sta_version": __version__}
+    int8 = write_int8(path, job.model, reference, case, names, r.batch, r.max_accuracy_drop, r.accuracy_clips, log)
+    report.int8 = int8
+    title = f"Validating {INT8_FILE} (int8 linear layers, float32 STA scores) with {int8.runtime} against {report.reference}..."
+    report.validation_block += format_block(int8.validation, title)
+    _enforce(int8.validation, r.allow_mismatch, report, prefix=f"{INT8_FILE}: ")
+    return int8.config_entry(__version__)
 
 
-def graph_checks(graph: dict, model: nn.Module) -> list[Check]:
+def graph_checks(graph: GraphReport, model: nn.Module) -> list[Check]:
     pruned = bool(model.stages)
-    ops_ok = not graph["forbidden"] and (graph["topk"] > 0 or not pruned)
-    forbidden = ", ".join(graph["forbidden"]) if graph["forbidden"] else "none of NonZero/Loop/If/Scatter*"
+    ops_ok = not graph.forbidden and (graph.topk > 0 or not pruned)
+    forbidden = ", ".join(graph.forbidden) if graph.forbidden else "none of NonZero/Loop/If/Scatter*"
     checks = [
         Check("onnx.checker passes", True),
-        Check(f"graph: opset {graph['opset']}, {graph['nodes']} nodes, {graph['topk']} TopK, {forbidden}", ops_ok),
+        Check(f"graph: opset {graph.opset}, {graph.nodes} nodes, {graph.topk} TopK, {forbidden}", ops_ok),
     ]
     expected = model.tokens_per_stage
     # One kept_positions output per STA stage: an unpruned model has none, even where (Video Swin)
     # its token count changes from stage to stage by patch merging.
     planned = [s.tokens_out for s in model.stages]
     outputs_static = all(
-        graph["outputs"].get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned)
+        graph.outputs.get(f"kept_positions_{s + 1}", [None, None])[1] == t for s, t in enumerate(planned)
     )
     # Every tensor numeric once the batch is fixed, and the kept_positions outputs declare the planned counts.
-    static = not graph["not_static"] and outputs_static
+    static = not graph.not_static and outputs_static
     detail = " -> ".join(map(str, expected))
-    if graph["not_static"]:
-        detail += f"; not static: {', '.join(graph['not_static'][:3])}"
+    if graph.not_static:
+        detail += f"; not static: {', '.join(graph.not_static[:3])}"
     checks.append(Check(f"token counts static under ONNX shape inference ({detail})", static))
     return checks

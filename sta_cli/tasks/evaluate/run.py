@@ -199,22 +199,27 @@ def evaluate(
     ctx = Dist.from_env(device)
     held = contextlib.ExitStack()  # rank 0's hold on OUT
     try:
-        job = _prepare(request, ctx, held)
-        runner = _compiled(job.net, job.configs, batch, ctx.device) if compile else job.net
-        t_start = time.perf_counter()
-        timing, new_videos, failed_now = _infer(request, job, runner, ctx, progress)
-        wall = time.perf_counter() - t_start
-        rate = round(new_videos / wall, 3) if new_videos and wall > 0 else None
-        this_run = ThisRun(ctx.world, new_videos, round(wall, 3), rate, failed_now)
-        rates = ctx.gather(timing)
-        summary = None
-        if ctx.main:
-            identity = EvalModel(**job.run["model"], family=job.net.card.family, params=count_params(job.net))
-            summary = finish(job.out, job.entries, job.settings, rates, job.run, identity, this_run)
-        return ctx.broadcast(summary)
+        return _run(request, ctx, held, progress)
     finally:
         held.close()
         ctx.close()
+
+
+def _run(request: EvalRequest, ctx: Dist, held: contextlib.ExitStack, progress: Progress) -> EvalSummary:
+    """Load, infer every video at every setting, and (rank 0) write the summary; every rank returns it."""
+    job = _prepare(request, ctx, held)
+    runner = _compiled(job.net, job.configs, request.batch, ctx.device) if request.compile else job.net
+    t_start = time.perf_counter()
+    timing, new_videos, failed_now = _infer(request, job, runner, ctx, progress)
+    wall = time.perf_counter() - t_start
+    rate = round(new_videos / wall, 3) if new_videos and wall > 0 else None
+    this_run = ThisRun(ctx.world, new_videos, round(wall, 3), rate, failed_now)
+    rates = ctx.gather(timing)
+    summary = None
+    if ctx.main:
+        identity = EvalModel(**job.run["model"], family=job.net.card.family, params=count_params(job.net))
+        summary = finish(job.out, job.entries, job.settings, rates, job.run, identity, this_run)
+    return ctx.broadcast(summary)
 
 
 def _prepare(req: EvalRequest, ctx: Dist, held: contextlib.ExitStack) -> _Job:
