@@ -133,7 +133,7 @@ def test_weights_above_the_threshold_go_to_external_data(tmp_path, artifact, mon
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     said = []
     report = export(str(artifact), "onnx", tmp_path / "x", log=said.append)
-    assert report.validation["ok"] and (tmp_path / "x" / "model.onnx.data").is_file()
+    assert report.validation.ok and (tmp_path / "x" / "model.onnx.data").is_file()
     assert report.files.weights.endswith("model.onnx.data")
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])
@@ -186,7 +186,7 @@ def test_after_a_near_tie_swap_logits_are_held_to_atol_on_the_graphs_tokens(monk
     assert (other[0] - ExportModule(model)(x)[0]).abs().max() > 1e-2  # other tokens, other logits
     result = run_validation(lambda t: other, model, x)
     enforce(result, allow_mismatch=False)
-    close = [c["message"] for c in result["checks"] if c["message"].startswith("all values close")]
+    close = [c.message for c in result.checks if c.message.startswith("all values close")]
     assert close and close[0].endswith("PyTorch run on the graph's kept tokens)"), close
     assert sta_module.forced_kept is None
     wrong = [other[0] + 1e-2, *other[1:]]

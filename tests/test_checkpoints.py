@@ -354,9 +354,9 @@ def test_unpruned_swin_exports_and_validates(tmp_path):
         r1=0,
         arch=sta_cli.models.ArchOverrides(image_size=64, num_frames=4, mean=(0.5,) * 3, std=(0.5,) * 3),
     )
-    checks = report.validation["checks"]
-    assert all(c["ok"] for c in checks), [c["message"] for c in checks if not c["ok"]]
-    assert report.validation["max_abs_diff"] < 1e-4 and list(report.graph["outputs"]) == ["logits"]
+    checks = report.validation.checks
+    assert all(c.ok for c in checks), [c.message for c in checks if not c.ok]
+    assert report.validation.max_abs_diff < 1e-4 and list(report.graph.outputs) == ["logits"]
 
 
 # --- VideoMAE V2 (item 8) --------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
     out = tmp_path / "ts"
     ts = export(artifact, "torchscript", out)
     pt2 = export(artifact, "pt2", out)  # a second format into the same export folder
-    assert ts.validation["ok"] and pt2.validation["ok"]
+    assert ts.validation.ok and pt2.validation.ok
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.pt", "model.pt2"]
     assert set(json.loads((out / "config.json").read_text())["exports"]) == {"torchscript", "pt2"}
     model = sta_cli.load(artifact)
@@ -242,7 +242,7 @@ def test_torchscript_and_pt2_run_without_sta(tmp_path, artifact):
 
 def test_fp16_onnx_loads_and_runs(tmp_path, artifact):
     report = export(artifact, "onnx", tmp_path / "fp16", fp16=True)
-    assert report.dtype == "float16" and report.validation["atol"] == 5e-2
+    assert report.dtype == "float16" and report.validation.atol == 5e-2
     assert report.reference.startswith("PyTorch float32")  # fp16 is judged against the fp32 model
     assert any("float32" in n for n in report.notes)  # says the STA scores stay float32
     if not torch.cuda.is_available():  # --device auto: the CPU on a machine without a GPU
@@ -264,12 +264,12 @@ def test_model_spec_with_grid_first_group_exports_without_scatter(tmp_path, chec
     """--first-group grid goes through drop_last_order (formerly a scatter); fixed batch 2."""
     out = tmp_path / "grid"
     report = export(checkpoint, "onnx", out, r1=4, first_group="grid", seed=3, fixed_batch=2)
-    assert report.validation["ok"] and report.sta["first_group"] == "grid"
-    assert not set(report.graph["ops"]) & FORBIDDEN and report.graph["topk"] > 0
-    assert not report.graph["not_static"]
+    assert report.validation.ok and report.sta["first_group"] == "grid"
+    assert not set(report.graph.ops) & FORBIDDEN and report.graph.topk > 0
+    assert not report.graph.not_static
     dims = [d.dim_value for d in onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 8, 64, 64]
-    assert [c["case"] for c in report.validation["checks"] if c["case"]][-1] == "random batch of 2"
+    assert [c.case for c in report.validation.checks if c.case][-1] == "random batch of 2"
 
 
 def test_ties_break_by_lower_index_in_torch_and_onnx(tmp_path):

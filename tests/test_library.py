@@ -19,14 +19,9 @@ def test_prune_export_profile_from_python(tmp_path):
     exported = sta_cli.export(art, "onnx")
     assert exported.ok and exported.validation.ok and (art / "model.onnx").is_file()
     assert exported.graph.topk > 0 and exported.graph.not_static == []
-    # The export report is dataclasses all the way down: --json is their asdict. Fields also read
-    # as items, as when validation, graph and checks were dicts.
+    # The export report is dataclasses all the way down: --json is their asdict.
     as_json = json.loads(json.dumps(dataclasses.asdict(exported), allow_nan=False))
     assert list(as_json["validation"]) == ["atol", "tie_tol", "max_abs_diff", "cases", "checks", "ok"]
-    assert exported.validation["checks"][0]["message"] == exported.validation.checks[0].message
-    assert exported.graph["outputs"] == exported.graph.outputs
-    with pytest.raises(KeyError):
-        exported.validation["skipped"]
     profiled = sta_cli.profile(None, art, runs=2, threads=1)
     assert profiled.sta["r1"] == 10 and profiled.pruned.gflops < profiled.unpruned.gflops
     assert profiled.onnx is not None and profiled.onnx.matches == "pruned"

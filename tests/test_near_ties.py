@@ -8,7 +8,7 @@ import torch
 
 from sta_cli.errors import ValidationFailed
 from sta_cli.formats.graph import ExportModule, output_names
-from sta_cli.formats.validate import TIE_TOL, Case, enforce, validate
+from sta_cli.formats.validate import TIE_TOL, Case, Validation, enforce, validate
 from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
 from sta_cli.pruning import STAConfig
 from sta_cli.pruning import sta as sta_module
@@ -46,8 +46,8 @@ def run_validation(run, model, x, **kw) -> dict:
     return validate(run, reference, [Case("duplicated clip", x)], names, names, 1e-4, False, **kw)
 
 
-def messages(result: dict, kind: str | None = None) -> list[str]:
-    return [c["message"] for c in result["checks"] if kind is None or c["kind"] == kind]
+def messages(result: Validation, kind: str | None = None) -> list[str]:
+    return [c.message for c in result.checks if kind is None or c.kind == kind]
 
 
 def tied_pair(model, x, stage: int = 0) -> tuple[int, int]:
@@ -92,7 +92,7 @@ def test_tie_broken_the_other_way_passes_the_kept_positions_rule(monkeypatch):
         other = [t.clone() for t in ExportModule(model)(x)]
     assert not torch.equal(other[1], reference[1])  # the ties really swap
     result = run_validation(lambda t: other, model, x)
-    errors = [c["message"] for c in result["checks"] if not c["ok"] and c["kind"] == "error"]
+    errors = [c.message for c in result.checks if not c.ok and c.kind == "error"]
     assert errors == []
     kept = [m for m in messages(result) if m.startswith("kept positions")]
     assert kept[0].startswith("kept positions equal up to near ties (stage 1: "), kept

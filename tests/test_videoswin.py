@@ -446,13 +446,13 @@ def test_onnx_export_static_shapes(tmp_path):
     folder = write_swin(tmp_path / "tiny-swin", tiny_swin_config(depths=(2, 1, 1, 1)))
     report = export(folder, "onnx", tmp_path / "onnx", r1=24)
     graph, validation = report.graph, report.validation
-    assert graph["not_static"] == [] and graph["forbidden"] == [] and graph["topk"] > 0
-    assert graph["outputs"]["kept_positions_1"] == ["batch", 2 * 40] and graph["outputs"]["kept_positions_3"] == [
+    assert graph.not_static == [] and graph.forbidden == [] and graph.topk > 0
+    assert graph.outputs["kept_positions_1"] == ["batch", 2 * 40] and graph.outputs["kept_positions_3"] == [
         "batch",
         2 * 1,
     ]
-    assert {512, 80, 14, 2} <= set(graph["token_counts"])
-    assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] < 1e-4
+    assert {512, 80, 14, 2} <= set(graph.token_counts)
+    assert all(c.ok for c in validation.checks) and validation.max_abs_diff < 1e-4
     assert (tmp_path / "onnx" / "model.onnx").is_file()
 
 
@@ -486,15 +486,15 @@ def test_export_padded_windows_onnx_and_torchscript(tmp_path):
         onnx_export.export_onnx(model, tmp_path / "grad.onnx", opset=18, batch=None, metadata={})
     session, _, _ = ort_session(tmp_path / "grad.onnx", "cpu")
     result = validate(lambda x: onnx_export.run_session(session, x), reference, cases, names, names, 1e-4, False)
-    assert result["cases"] == ["random batch of 1", "random batch of 2"]
-    assert all(c["ok"] for c in result["checks"]), [c["message"] for c in result["checks"] if not c["ok"]]
-    assert any("kept positions identical" in c["message"] for c in result["checks"])
+    assert result.cases == ["random batch of 1", "random batch of 2"]
+    assert all(c.ok for c in result.checks), [c.message for c in result.checks if not c.ok]
+    assert any("kept positions identical" in c.message for c in result.checks)
 
     folder = write_swin(tmp_path / "swin", model)
     report = export(folder, "torchscript", tmp_path / "ts", r1=10)  # sta export: validation on by default
     validation = report.validation
-    assert report.batch == "dynamic" and "random batch of 2" in validation["cases"]
-    assert all(c["ok"] for c in validation["checks"]) and validation["max_abs_diff"] <= 1e-4
+    assert report.batch == "dynamic" and "random batch of 2" in validation.cases
+    assert all(c.ok for c in validation.checks) and validation.max_abs_diff <= 1e-4
     traced = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
     logits, *kept = traced(cases[1].x)
     ref_logits, *ref_kept = reference(cases[1].x)

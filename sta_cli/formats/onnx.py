@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import StaError
-from ..io.outputs import FieldAccess
 from ..log import Log, quiet
 from .graph import BATCH_DIM, INPUT_NAME, TRACE_BATCH, ExportModule, example_input, output_names, root_cause, warm_up
 from .validate import release_memory
@@ -186,7 +185,7 @@ def metadata_props(model: nn.Module, settings: dict, io: dict) -> dict[str, str]
 
 
 @dataclass
-class GraphReport(FieldAccess):
+class GraphReport:
     """What the ONNX graph holds, and whether its shapes keep STA's contract (see `graph_report`)."""
 
     opset: int

@@ -30,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import StaError
-from ..io.outputs import FieldAccess
 from ..runtime import ort
 from .validate import TIE_TOL, Case, Check, StageScores, _set_overlap, near_tie_check, recording_scores, stage_scores
 
@@ -82,7 +81,7 @@ def linear_nodes(proto) -> tuple[list[str], int]:
 
 
 @dataclass
-class QuantizeReport(FieldAccess):
+class QuantizeReport:
     linear_layers: int  # MatMul/Gemm nodes with a stored weight, all handed to the quantiser
     quantized: int  # nodes ONNX Runtime turned into integer ops
     float_matmuls: int  # activation x activation MatMuls (attention, STA scores): must stay float32
@@ -169,7 +168,7 @@ DEFAULT_ACCURACY_CLIPS = 256
 
 
 @dataclass
-class HeldoutAccuracy(FieldAccess):
+class HeldoutAccuracy:
     """Top-1 (%) on the demo's held-out clips, int8 + STA vs float32 unpruned."""
 
     clips: int
@@ -179,7 +178,7 @@ class HeldoutAccuracy(FieldAccess):
 
 
 @dataclass
-class Int8Validation(FieldAccess):
+class Int8Validation:
     """What `validate_int8` found (enforce / format_block read it like validate's result)."""
 
     tie_tol: float
@@ -193,7 +192,7 @@ class Int8Validation(FieldAccess):
 
 
 @dataclass
-class SkippedInt8Validation(FieldAccess):
+class SkippedInt8Validation:
     """--no-validate: only the int8 graph checks."""
 
     cases: list[str] = field(default_factory=list)
@@ -204,7 +203,7 @@ class SkippedInt8Validation(FieldAccess):
 
 
 @dataclass
-class Int8Export(FieldAccess):
+class Int8Export:
     """model.int8.onnx: how it was made and how it validated (the export report's `int8`)."""
 
     file: str

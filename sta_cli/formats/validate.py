@@ -29,7 +29,6 @@ from typing import Protocol
 import torch
 
 from ..errors import ValidationFailed
-from ..io.outputs import FieldAccess
 from ..log import Log, quiet
 
 OK, FAIL, WARN = "✓", "✗", "!"
@@ -56,7 +55,7 @@ def release_memory() -> None:
 
 
 @dataclass
-class Check(FieldAccess):
+class Check:
     message: str
     ok: bool
     kind: str = "error"  # error | mismatch | warning
@@ -64,7 +63,7 @@ class Check(FieldAccess):
 
 
 @dataclass
-class Validation(FieldAccess):
+class Validation:
     """What `validate` found: the tolerances, the largest logit difference and every check."""
 
     atol: float
@@ -76,7 +75,7 @@ class Validation(FieldAccess):
 
 
 @dataclass
-class SkippedValidation(FieldAccess):
+class SkippedValidation:
     """--no-validate: no case ran, only the checks that need no run (the ONNX graph's)."""
 
     atol: float

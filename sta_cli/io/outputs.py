@@ -57,16 +57,6 @@ def jsonable(obj):
     return str(obj)
 
 
-class FieldAccess:
-    """Read a dataclass report's fields as report["name"] too: library callers indexed the export
-    reports (validation, graph, int8) when they were dicts. The fields stay fixed: no item assignment."""
-
-    def __getitem__(self, name: str):
-        if name not in {f.name for f in dataclasses.fields(self)}:
-            raise KeyError(name)
-        return getattr(self, name)
-
-
 def dumps(obj, indent: int | None = 2) -> str:
     """Strict JSON (RFC 8259: no NaN) for every file and every --json output."""
     return json.dumps(jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
