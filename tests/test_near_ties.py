@@ -158,7 +158,7 @@ def test_tolerance_decides():
     enforce(run_validation(lambda t: out, model, x, tie_tol=1.01 * gap / scale), allow_mismatch=True)
     with pytest.raises(ValidationFailed, match="not a near tie|beyond near ties"):
         enforce(run_validation(lambda t: out, model, x, tie_tol=0.99 * gap / scale), allow_mismatch=True)
-    assert run_validation(lambda t: out, model, x)["tie_tol"] == TIE_TOL["float32"]
+    assert run_validation(lambda t: out, model, x).tie_tol == TIE_TOL["float32"]
 
 
 def test_set_swap_at_the_boundary_sorted_output():
