@@ -41,6 +41,22 @@ def test_help_shows_flags_bare_and_every_default(command):
         assert "sta | temporal | semantic | random" in text
 
 
+def test_every_option_without_a_value_default_says_what_happens():
+    """An option whose default is None shows in words what it means ([default: (...)] in -h)."""
+    import typer
+
+    from sta_cli.cli import app
+
+    silent = [
+        (command, p.opts)
+        for command, cmd in typer.main.get_command(app).commands.items()
+        for p in cmd.params
+        if p.param_type_name == "option" and not p.is_flag and p.default is None and not p.required
+        if not isinstance(p.show_default, str) and (command, p.name) != ("export", "model")  # "Instead of SOURCE"
+    ]
+    assert silent == []
+
+
 def test_an_option_in_several_commands_means_the_same_in_each():
     """Same flags, metavar and help wherever an option appears; the few that cannot be the same say
     in their help how they differ (eval's --r1 list and --force over a resumable OUT)."""

@@ -112,7 +112,8 @@ Root = Annotated[
     typer.Option(
         "--root",
         metavar="FOLDER",
-        help="Folder that relative paths in the list are relative to (default: the list's folder).",
+        show_default="the list's folder",
+        help="Folder that relative paths in the list are relative to.",
     ),
 ]
 Precision = Annotated[

@@ -24,34 +24,43 @@ Onnx = Annotated[
     typer.Option(
         "--onnx",
         metavar="FILE",
-        help="Also time this ONNX file with ONNX Runtime (default: the artifact's model.onnx).",
+        show_default="the artifact's model.onnx",
+        help="Also time this ONNX file with ONNX Runtime.",
     ),
 ]
 Vis = Annotated[
     Path | None,
-    typer.Option("--vis", metavar="PNG", help="Write the sampled frames with dropped tokens whitened (PNG)."),
+    typer.Option(
+        "--vis", metavar="PNG", show_default="none", help="Write the sampled frames with dropped tokens whitened (PNG)."
+    ),
 ]
 SweepR1 = Annotated[
     str | None,
     typer.Option(
         "--sweep",
         metavar="R1,R1,...",
+        show_default="none",
         help="Comma-separated r1 values: agreement and throughput vs r1, STA vs random pruning.",
     ),
 ]
 SweepPng = Annotated[
     Path | None,
     typer.Option(
-        "--sweep-png", metavar="PNG", help="Where the sweep plot goes (default: next to --vis, else ./sweep.png)."
+        "--sweep-png",
+        metavar="PNG",
+        show_default="next to --vis, else ./sweep.png",
+        help="Where the sweep plot goes.",
     ),
 ]
 Runs = Annotated[
     int | None,
-    typer.Option("--runs", metavar="INT", help="Timed runs per measurement (default: as many as fit ~4 s, 3 to 20)."),
+    typer.Option(
+        "--runs", metavar="INT", show_default="as many as fit ~4 s, 3 to 20", help="Timed runs per measurement."
+    ),
 ]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", metavar="INT", help="CPU threads for torch and ONNX Runtime (default: torch's)."),
+    typer.Option("--threads", metavar="INT", show_default="torch's", help="CPU threads for torch and ONNX Runtime."),
 ]
 
 
