@@ -41,9 +41,19 @@ def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
 
     Compilation happens on the first call for each STA setting (see `warm_up`)."""
     check_compilable(model.sta)
+    param = next(model.parameters())
     if mode is None:
-        mode = default_mode(next(model.parameters()).device)
-    return torch.compile(model, fullgraph=True, mode=mode)
+        mode = default_mode(param.device)
+    cfg = model.cfg
+    with torch.inference_mode():  # fills the index tables the forward memoises (Video Swin's window layouts)
+        model(
+            torch.zeros(
+                1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, dtype=param.dtype, device=param.device
+            )
+        )
+    # dynamic=False: every shape is static by design; without it a second model or input shape
+    # compiled in the same process (same forward code) is retraced with symbolic sizes.
+    return torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
 
 
 @torch.inference_mode()

@@ -33,6 +33,28 @@ def test_compiled_keeps_the_same_tokens_as_eager():
     assert torch.allclose(out, eager, atol=1e-5)
 
 
+@torch.no_grad()
+def test_video_swin_compiles_and_keeps_the_same_tokens():
+    """Video Swin's window layouts are numpy index tables; compile_model fills them eagerly so that
+    torch.compile reads them as constants (tracing their numpy code fails on data-dependent shapes)."""
+    from conftest import tiny_swin_config
+
+    from sta_cli.models import videoswin
+
+    torch.manual_seed(0)
+    model = videoswin.VideoSwin(tiny_swin_config()).eval()
+    model.set_sta(STAConfig(r1=8))
+    clip = torch.randn(2, 3, 4, 64, 64)
+    eager = model(clip)
+    eager_kept = model.kept_positions
+    videoswin.window_plan.clear()  # as in a fresh process: nothing built yet
+    videoswin.position_code.clear()
+    compiled = compile_model(model)
+    out = compiled(clip)
+    assert all(torch.equal(a, b) for a, b in zip(compiled.kept_positions, eager_kept))
+    assert torch.allclose(out, eager, atol=1e-5)
+
+
 def test_random_orders_are_refused_with_a_clear_error():
     model = VideoMAE(CFG, STAConfig(r1=3, first_group="grid")).eval()
     with pytest.raises(StaError, match="--compile: first_group=grid"):

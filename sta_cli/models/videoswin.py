@@ -139,7 +139,23 @@ def window_and_shift(
 # an exported graph carries a few kB of them instead of a mask constant per block.
 
 
-@functools.lru_cache(maxsize=16)
+def index_table(build):
+    """Memoise an index-table builder in a plain dict. torch.compile reads a filled dict's entries as
+    constants, where it would trace through functools.lru_cache's wrapper into the numpy code and
+    fail on its data-dependent shapes; `compiled.compile_model` fills the tables with one eager call."""
+    tables = {}
+
+    @functools.wraps(build)
+    def cached(*key):
+        if key not in tables:
+            tables[key] = build(*key)
+        return tables[key]
+
+    cached.clear = tables.clear
+    return cached
+
+
+@index_table
 def position_code(window: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     """(vol,) linear code of each window slot's (t, y, x) and the offset such that
     code[i] - code[j] + offset is the row of the (2wt-1)(2wh-1)(2ww-1)-row bias table for slots (i, j)."""
@@ -167,7 +183,7 @@ class WindowPlan:
     vol: int
 
 
-@functools.lru_cache(maxsize=64)
+@index_table
 def window_plan(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tuple[int, int, int]) -> WindowPlan:
     padded = [g + (-g) % w for g, w in zip(grid, win)]
     slot_axes, kinds = [], []
