@@ -50,9 +50,11 @@ def test_video_swin_compiles_and_keeps_the_same_tokens():
     videoswin.window_plan.clear()  # as in a fresh process: nothing built yet
     videoswin.position_code.clear()
     compiled = compile_model(model)
-    out = compiled(clip)
-    assert all(torch.equal(a, b) for a, b in zip(compiled.kept_positions, eager_kept))
-    assert torch.allclose(out, eager, atol=1e-5)
+    for mode in (torch.no_grad, torch.inference_mode):  # profile and eval run under inference_mode
+        with mode():
+            out = compiled(clip)
+        assert all(torch.equal(a, b) for a, b in zip(compiled.kept_positions, eager_kept))
+        assert torch.allclose(out, eager, atol=1e-5)
 
 
 def test_random_orders_are_refused_with_a_clear_error():

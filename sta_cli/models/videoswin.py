@@ -33,6 +33,7 @@ and mmaction's layouts into it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ..errors import StaError
 from ..pruning import STAConfig, Stage, gather_tokens
@@ -133,8 +135,9 @@ def window_and_shift(
     return win, shift
 
 
-# Index tables are cached as numpy arrays (a cached torch tensor could be a fake or meta tensor when
-# first built under tracing or FLOP counting). They stay small: the (vol x vol) relative position
+# Index tables are built with numpy and cached as plain CPU tensors, made outside any tracing,
+# fake-tensor or inference mode (so a table first built under tracing or FLOP counting is still a
+# real tensor, usable with autograd on). They stay small: the (vol x vol) relative position
 # index and the shift masks are built from short vectors in the forward, once per stage, so that
 # an exported graph carries a few kB of them instead of a mask constant per block.
 
@@ -148,11 +151,25 @@ def index_table(build):
     @functools.wraps(build)
     def cached(*key):
         if key not in tables:
-            tables[key] = build(*key)
+            with _disable_current_modes(), torch.inference_mode(False):
+                tables[key] = _as_tensors(build(*key))
         return tables[key]
 
     cached.clear = tables.clear
     return cached
+
+
+def _as_tensors(value):
+    """numpy arrays (also inside a tuple or dataclass) as tensors sharing their memory."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, tuple):
+        return tuple(_as_tensors(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(
+            value, **{f.name: _as_tensors(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
+    return value
 
 
 @index_table
@@ -228,8 +245,8 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def constant(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.from_numpy(array).to(like.device, dtype or like.dtype)
+def constant(table: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return table.to(like.device, dtype or like.dtype)
 
 
 @dataclass
