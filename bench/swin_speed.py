@@ -1,7 +1,8 @@
 """Latency of STA-pruned Video Swin-T/B (32x224^2): ONNX Runtime (CPU) and torch eager vs the FLOP ratio.
 
 For r1 in {0, 192, 256, 320} (paper Table 3): export random-weight Swin with
-`sta_cli.formats.onnx.export_onnx` (the code `sta export` runs; dynamic batch, opset 18), check that
+`sta_cli.formats.onnx.export_onnx` (the code `sta export` runs; dynamic batch, opset 18, and with
+`--opsets 18 23` a second graph per r1 whose attention is ONNX's fused `Attention` op), check that
 ONNX Runtime reproduces PyTorch on the timing clip (same kept positions, logits diff) and the file
 size against the weights, then time one clip (batch 1) with a fixed thread count, interleaved across
 r1 values and paths (one run of each per round, median over rounds; `export_speed.interleaved`).
@@ -12,6 +13,7 @@ ratio (fvcore convention, `sta_cli.flops.gflops`), and its share of it.
     python bench/swin_speed.py --size T --rounds 5 --threads 2 --json swin-t.json
     python bench/swin_speed.py --size B --paths torch --rounds 3   # eager only (no exports)
     python bench/swin_speed.py --size T --threads 1 --cpu-time --rounds 7   # on a busy machine
+    python bench/swin_speed.py --size T --opsets 18 23 --r1s 0 256 --paths ort   # opset 18 vs fused Attention
 
 --cpu-time measures CPU time instead of wall-clock time (needs --threads 1: with more threads,
 CPU time counts OpenMP's spin-waits): `time.thread_time` for torch, `time.process_time` for ONNX
@@ -81,10 +83,10 @@ def eager_outputs(model: VideoSwin, x: torch.Tensor) -> list[torch.Tensor]:
     return list(ExportModule(model)(x))
 
 
-def export_checked(model: VideoSwin, x: torch.Tensor, path: Path, threads: int):
+def export_checked(model: VideoSwin, x: torch.Tensor, path: Path, threads: int, opset: int = 18):
     """Export, then check ONNX Runtime against PyTorch on x. -> (session, check dict)."""
     t0 = time.perf_counter()
-    export_onnx(model, path, opset=18, batch=None, metadata={})
+    export_onnx(model, path, opset=opset, batch=None, metadata={})
     seconds = time.perf_counter() - t0
     sess = session(path, threads)
     ours, ref = sess.run(None, {"pixel_values": x.numpy()}), eager_outputs(model, x)
@@ -113,30 +115,47 @@ def interleaved(runs: dict, rounds: int, cpu_time: bool, warmup: int = 2) -> dic
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench(size: str, paths: list[str], rounds: int, threads: int, workdir: Path, log, cpu_time: bool = False) -> dict:
-    cfg = SIZES[size]
+def ort_path(opset: int) -> str:
+    return "ort" if opset == 18 else f"ort_opset{opset}"
+
+
+def bench(
+    size: str,
+    paths: list[str],
+    rounds: int,
+    threads: int,
+    workdir: Path,
+    log,
+    cpu_time: bool = False,
+    opsets: tuple[int, ...] = (18,),
+    r1s: tuple[int, ...] | None = None,
+) -> dict:
+    cfg, r1s = SIZES[size], r1s or R1S[size]
     x = torch.randn(
         1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1)
     )
     feed = {"pixel_values": x.numpy()}
     runs, flops, checks = {}, {}, {}
-    for r1 in R1S[size]:
+    for r1 in r1s:
         model = random_model(cfg)
         model.set_sta(STAConfig(r1=r1))
         flops[r1], checks[r1] = gflops(model), {}
-        if "ort" in paths:
-            sess, checks[r1] = export_checked(model, x, workdir / f"swin-{size}-r{r1}.onnx", threads)
-            runs[("ort", r1)] = lambda s=sess: s.run(None, feed)
-            log(f"Swin-{size} r1={r1}: {flops[r1]:.2f} GFLOPs, {checks[r1]}")
+        for opset in opsets if "ort" in paths else ():
+            name = f"swin-{size}-r{r1}" + ("" if opset == 18 else f"-opset{opset}") + ".onnx"
+            sess, check = export_checked(model, x, workdir / name, threads, opset)
+            runs[(ort_path(opset), r1)] = lambda s=sess: s.run(None, feed)
+            checks[r1] |= {k if opset == 18 else f"{k}_opset{opset}": v for k, v in check.items()}
+            log(f"Swin-{size} r1={r1} opset {opset}: {flops[r1]:.2f} GFLOPs, {check}")
         if "torch" in paths:
             runs[("torch", r1)] = lambda m=model: run_eager(m, x)
+    paths = [ort_path(o) for o in opsets if "ort" in paths] + [p for p in paths if p != "ort"]
     log(f"Swin-{size}: {', '.join(paths)} interleaved, {rounds} rounds")
     times = interleaved(runs, rounds, cpu_time)
     rows = []
-    for r1 in R1S[size]:
-        row = {"r1": r1, "gflops": round(flops[r1], 2), "flop_ratio": round(flops[R1S[size][0]] / flops[r1], 3)}
+    for r1 in r1s:
+        row = {"r1": r1, "gflops": round(flops[r1], 2), "flop_ratio": round(flops[r1s[0]] / flops[r1], 3)}
         for path in paths:
-            speedup = times[(path, R1S[size][0])] / times[(path, r1)]
+            speedup = times[(path, r1s[0])] / times[(path, r1)]
             row |= {
                 f"{path}_ms": round(1000 * times[(path, r1)], 1),
                 f"{path}_speedup": round(speedup, 3),
@@ -162,6 +181,12 @@ def main() -> None:
     p.add_argument("--cpu-time", action="store_true", help="Time CPU time instead of wall clock (needs --threads 1).")
     p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     p.add_argument("--keep", type=Path, default=None, help="Keep the exported .onnx files in this folder.")
+    p.add_argument(
+        "--opsets", nargs="+", type=int, default=[18], help="ONNX opsets to export and time (23: fused Attention)."
+    )
+    p.add_argument(
+        "--r1s", nargs="+", type=int, default=None, help="r1 values (the first is the baseline; default 0 192 256 320)."
+    )
     args = p.parse_args()
     if args.cpu_time and args.threads != 1:
         p.error("--cpu-time needs --threads 1 (with more threads CPU time counts OpenMP's spin-waits)")
@@ -179,7 +204,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        results["result"] = bench(args.size, args.paths, args.rounds, args.threads, workdir, log, args.cpu_time)
+        results["result"] = bench(
+            args.size, args.paths, args.rounds, args.threads, workdir, log, args.cpu_time, tuple(args.opsets), args.r1s
+        )
     results["load_average_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)

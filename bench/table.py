@@ -1,6 +1,8 @@
 """One table: every way to run a video transformer here, same clip, same run, side by side.
 
-Rows: ViT-S and ViT-B (VideoMAE, 16x224^2) at batch 1 and 8, Video Swin-T (32x224^2) at batch 1.
+Rows: ViT-S and ViT-B (VideoMAE, 16x224^2) at batch 1 and 8, Video Swin-T (32x224^2) at batch 1, and
+D: the packaged demo's architecture (a 6-block VideoMAE, 64 wide, 16x64^2; pruned at its default
+r1 = 21, the first thing `sta profile` shows a new user).
 Paths, unpruned and pruned at the paper's r1 (`api.paper_r1`: ViT 64, Swin-T 256):
 
 - transformers eager: `VideoMAEForVideoClassification` (sdpa attention), what users run today;
@@ -27,6 +29,7 @@ Random weights (no Hub): latency does not depend on the values.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -49,14 +52,24 @@ from sta_cli.models.videoswin import VideoSwinConfig  # noqa: E402
 from sta_cli.pruning import STAConfig  # noqa: E402
 from sta_cli.runtime.loading import paper_r1  # noqa: E402
 
-ARCHS = {"S": "ViT-S", "B": "ViT-B", "T": "Swin-T", "tiny": "ViT tiny (smoke test)"}
+ARCHS = {"S": "ViT-S", "B": "ViT-B", "T": "Swin-T", "D": "demo", "tiny": "ViT tiny (smoke test)"}
 PATHS = ("hf_eager", "sta_eager", "sta_compiled", "ort_fp32", "ort_int8")
+
+
+def vit_config(arch: str):
+    """Our VideoMAEConfig of a ViT row (D: the packaged demo's, read from its config.json)."""
+    if arch == "D":
+        from sta_cli.demo import DEMO_DIR
+        from sta_cli.models.videomae import VideoMAEConfig
+
+        return VideoMAEConfig.from_dict(json.loads((DEMO_DIR / "config.json").read_text())["model"])
+    return VIT_SIZES["T" if arch == "tiny" else arch]
 
 
 def hf_config(arch: str):
     from transformers import VideoMAEConfig
 
-    c = VIT_SIZES["T" if arch == "tiny" else arch]
+    c = vit_config(arch)
     return VideoMAEConfig(
         hidden_size=c.embed_dim,
         num_hidden_layers=c.depth,
@@ -80,7 +93,7 @@ def build(arch: str, with_hf: bool):
     if arch == "T":
         return random_swin(VideoSwinConfig()), None
     if not with_hf:  # the memory subprocesses: no second model in the process
-        return random_vit(VIT_SIZES["T" if arch == "tiny" else arch]), None
+        return random_vit(vit_config(arch)), None
     from transformers import VideoMAEForVideoClassification
 
     from sta_cli.models.videomae import VideoMAE, VideoMAEConfig, checkpoint_filter_fn
@@ -140,7 +153,7 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
     only: build just that path (the peak-memory subprocess; the ONNX files must exist then)."""
     want = lambda p: only is None or only == p  # noqa: E731
     if only in ("ort_fp32", "ort_int8"):  # a process running ONNX Runtime holds no torch model
-        x = clip(VideoSwinConfig() if arch == "T" else VIT_SIZES["T" if arch == "tiny" else arch], batch)
+        x = clip(VideoSwinConfig() if arch == "T" else vit_config(arch), batch)
         side = {
             (only, s): ort_runner(onnx_file(workdir, arch, s, only == "ort_int8"), x, threads)
             for s in ("unpruned", "pruned")
@@ -250,6 +263,9 @@ def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, m
     fns, facts = runners(arch, batch, threads, workdir, log)
     log(f"{ARCHS[arch]} batch {batch}: timing {len(fns)} runs per round, {rounds} rounds")
     med = interleaved(fns, rounds)
+    timed = set(fns)
+    del fns  # the memory subprocesses below need the RAM: ViT-B batch 8 held 16 GB here (sessions' arenas)
+    gc.collect()
     ratio = facts["gflops_unpruned"] / facts["gflops_pruned"]
     row = {
         "arch": ARCHS[arch],
@@ -264,12 +280,14 @@ def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, m
     }
     for path in PATHS:
         u, p = med.get((path, "unpruned")), med.get((path, "pruned"))
-        entry = {"unpruned_ms": u and round(1000 * u, 1), "pruned_ms": p and round(1000 * p, 1)}
+        entry = {"unpruned_ms": u and round(1000 * u, 2), "pruned_ms": p and round(1000 * p, 2)}
         if u and p:
             entry.update(speedup=round(u / p, 3), share=round(u / p / ratio, 3))
         if memory:
             entry["peak_rss_mb"] = {
-                s: peak_rss(arch, batch, path, s, threads, workdir) for s in ("unpruned", "pruned") if (path, s) in fns
+                s: peak_rss(arch, batch, path, s, threads, workdir)
+                for s in ("unpruned", "pruned")
+                if (path, s) in timed
             }
         row["paths"][path] = entry
     base = med.get(("hf_eager", "unpruned"))
@@ -296,6 +314,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     fmt = lambda v, f="{:.0f}": "not measured" if v is None else v if isinstance(v, str) else f.format(v)  # noqa: E731
+    ms = lambda v: fmt(v, "{:.0f}" if isinstance(v, str) or v is None or v >= 100 else "{:.2f}")  # noqa: E731
     for row in results["rows"]:
         for path in PATHS:
             e = row["paths"].get(path, {})
@@ -308,10 +327,10 @@ def markdown(results: dict) -> str:
             )
             e = {**e, **{k: "n/a" for k in ("pruned_ms", "unpruned_ms", "speedup", "share") if k.split("_")[0] in na}}
             rss = {**rss, **{k: "n/a" for k in ("unpruned", "pruned") if k in na}}
-            vs = "n/a" if path == "hf_eager" else vs
+            vs = "n/a" if path == "hf_eager" or row["arch"].startswith("Swin") else vs
             lines.append(
                 f"| {row['arch']} | {row['batch']} | {row['r1']} | {row['gflops_unpruned']} -> {row['gflops_pruned']} | "
-                f"{row['flop_ratio']:.2f}x | {LABELS[path]} | {fmt(e.get('unpruned_ms'))} | {fmt(e.get('pruned_ms'))} | "
+                f"{row['flop_ratio']:.2f}x | {LABELS[path]} | {ms(e.get('unpruned_ms'))} | {ms(e.get('pruned_ms'))} | "
                 f"{fmt(e.get('speedup'), '{:.2f}x')} | {fmt(e.get('share'), '{:.2f}')} | {fmt(vs, '{:.2f}x')} | "
                 f"{fmt(rss.get('unpruned'))} / {fmt(rss.get('pruned'))} |"
             )
@@ -324,7 +343,7 @@ def main() -> None:
         "--rows",
         nargs="+",
         default=["S1", "S8", "B1", "B8", "T1"],
-        help="ARCH+BATCH: S, B (ViT), T (Swin-T), tiny (smoke test); e.g. S1 B8",
+        help="ARCH+BATCH: S, B (ViT), T (Swin-T), D (the demo's architecture), tiny (smoke test); e.g. S1 B8",
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
