@@ -54,3 +54,30 @@ def test_low_memory_session_does_not_fold_constants_and_gives_the_same_values(tm
     assert "bias_gather" not in ran_folded  # computed once at load, kept as a weight
     assert "bias_gather" in ran_unfolded  # computed in every run instead
     np.testing.assert_array_equal(folded, unfolded)
+
+
+# What ONNX Runtime 1.20.1 says when it loads a `sta export --opset 23` graph (its first line).
+OPSET_TOO_NEW = (
+    "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
+    "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(...) ONNX Runtime only "
+    "*guarantees* support for models stamped with official released onnx opset versions. Opset 23 is under "
+    "development and support for this is limited. Current official support for domain ai.onnx is till opset 21."
+)
+
+
+def test_a_graph_newer_than_onnx_runtime_says_which_opset_to_export(tmp_path, monkeypatch):
+    import onnxruntime
+
+    from sta_cli.errors import StaError
+
+    bias_graph(tmp_path / "m.onnx")
+
+    def too_old(*args, **kwargs):
+        raise RuntimeError(OPSET_TOO_NEW)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", too_old)
+    with pytest.raises(StaError) as e:
+        session(tmp_path / "m.onnx")
+    message = str(e.value)
+    assert "--opset 21 or lower" in message and "upgrade onnxruntime" in message, message
+    assert "\n" not in message and "onnxruntime_src" not in message, message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import StaError
@@ -53,7 +54,7 @@ def session(
     try:
         sess = ort.InferenceSession(str(path), options, providers=providers, **unfolded)
     except Exception as e:  # onnxruntime raises its own exception types, none of them exported stably
-        raise StaError(f"cannot load {path} with ONNX Runtime: {str(e).splitlines()[0]}") from None
+        raise StaError(f"cannot load {path} with ONNX Runtime {ort.__version__}: {load_error(str(e))}") from None
     used = sess.get_providers()[0]
     if providers[0] == "CUDAExecutionProvider" and used != "CUDAExecutionProvider":
         note = "no GPU visible to onnxruntime; using the CPU"
@@ -69,3 +70,12 @@ def _providers(ort, device: str) -> tuple[list[str], str]:
         else ""
     )
     return ["CPUExecutionProvider"], note
+
+
+def load_error(message: str) -> str:
+    """ONNX Runtime's load error in one line; for a graph newer than this ONNX Runtime, what to do."""
+    newest = re.search(r"support for domain ai\.onnx is till opset (\d+)", message)
+    if newest:
+        n = newest.group(1)
+        return f"the graph's opset is newer than it loads (up to {n}): export with --opset {n} or lower, or upgrade onnxruntime"
+    return message.splitlines()[0]
