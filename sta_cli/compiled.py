@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import StaError
+from .flops import input_shape_of
 from .pruning import STAConfig
 
 
@@ -44,13 +45,8 @@ def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
     param = next(model.parameters())
     if mode is None:
         mode = default_mode(param.device)
-    cfg = model.cfg
     with torch.inference_mode():  # fills the index tables the forward memoises (Video Swin's window layouts)
-        model(
-            torch.zeros(
-                1, cfg.in_chans, cfg.num_frames, cfg.image_size, cfg.image_size, dtype=param.dtype, device=param.device
-            )
-        )
+        model(torch.zeros(input_shape_of(model), dtype=param.dtype, device=param.device))
     # dynamic=False: every shape is static by design; without it a second model or input shape
     # compiled in the same process (same forward code) is retraced with symbolic sizes.
     return torch.compile(model, fullgraph=True, dynamic=False, mode=mode)
