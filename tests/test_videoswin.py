@@ -256,6 +256,31 @@ def test_pruned_forward_matches_dense_reference(clip, similarity):
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_eager_attends_from_kept_positions_only(monkeypatch):
+    """In a pruned stage eager attention runs from the kept positions only; the result equals whole-
+    window attention (what exported graphs run) read back at those positions, shifted windows and
+    (window, sample) pairs with nothing kept included."""
+    torch.manual_seed(0)
+    grid, window, C = (4, 8, 8), (2, 4, 4), 24
+    attn = videoswin.WindowAttention3d(C, 2, window, qkv_bias=True)
+    y, x = torch.arange(64) // 8, torch.arange(64) % 8
+    right_half = torch.nonzero(x >= 4).flatten()  # sample 0 keeps nothing in the left windows
+    below_diagonal = torch.nonzero(y >= x).flatten()[:32]
+    per_slice = torch.stack([right_half, below_diagonal])  # (B, 32)
+    kept = (per_slice[:, None, :] + 64 * torch.arange(4)[None, :, None]).flatten(1)  # (B, 4 * 32)
+    fill = nearest_kept_fill(kept, grid)
+    qkv = torch.randn(2, kept.shape[1], 3 * C)
+    for shifted in (False, True):
+        index = videoswin.window_index(grid, window, shifted, qkv[..., :C], kept, fill)
+        assert sum(index.query_counts) == kept.numel() and (shifted or 0 in index.query_counts)
+        with monkeypatch.context() as m:
+            m.setattr(videoswin, "tracing", lambda: True)  # the exported graphs' path
+            whole = videoswin.window_index(grid, window, shifted, qkv[..., :C], kept, fill)
+            assert whole.query_counts is None
+            want = attn.attend(qkv, whole)
+        torch.testing.assert_close(attn.attend(qkv, index), want, atol=1e-6, rtol=1e-5)
+
+
 def test_kept_positions_are_per_slice_and_batch_independent(clip):
     model = tiny_model(sta=STAConfig(r1=20))
     with torch.no_grad():

@@ -9,7 +9,9 @@ the grid is smaller (no shift along that axis), and grids are zero-padded to who
 STA (paper Sec. 4.1; docs/videoswin.md): at the input of stages 2, 3 and 4 each temporal slice
 drops `{r1, 1.5 r1/4, 2 r1/16}` tokens (pruning/swin.py). Inside a pruned stage LayerNorms, qkv, proj
 and MLP run on the kept tokens only; window attention runs on the full grid, every dropped position
-filled with the qkv of the nearest kept token of its slice, and only kept positions are read back.
+filled with the qkv of the nearest kept token of its slice, and only kept positions are read back
+(eager runs it from the kept positions only: `kept_query_attention`; exported graphs, whose shapes
+are static, and FLOP counts, which follow the paper, keep whole windows).
 The stage's output grid is filled the same way before PatchMerging, so the next stage starts from a
 full grid again; the head pools over the kept tokens of stage 4.
 
@@ -259,11 +261,16 @@ class WindowIndex:
     """
 
     rows: torch.Tensor  # (nW * B * vol,) qkv row of each slot
-    back: torch.Tensor  # (B * K,) row of the attention output (nW * B * vol, C) for each token
+    back: torch.Tensor  # (B * K,) row of the attention output for each token
     counts: tuple[int, ...]  # windows per shift type
     rel: torch.Tensor  # (vol, vol) row of the relative position bias table
     regions: torch.Tensor | None  # (types, vol, vol) shift masks (-100 across regions), None: no shift
     padded: bool  # padding slots exist: the qkv rows carry one padding row per sample
+    # Eager, pruned stage: attention runs from the kept positions only, the output holds one row per
+    # kept token in layout order. query_slots (B * K,): each one's slot in its window; query_counts:
+    # kept tokens per (window, sample) pair in layout order. None: the output holds every slot.
+    query_slots: torch.Tensor | None = None
+    query_counts: list[int] | None = None
 
 
 def relative_index(window: tuple[int, int, int], vol: int, like: torch.Tensor) -> torch.Tensor:
@@ -297,6 +304,17 @@ def window_index(
     vol = plan.vol
     rows = (token + sample * (K + int(padded))).view(B, -1, vol).transpose(0, 1).reshape(-1)
     back = ((slot // vol * B + sample) * vol + slot % vol).reshape(-1)
+    query_slots = query_counts = None
+    if kept is not None and not tracing() and x.device.type == "cpu":
+        # Only kept positions are read back, so eager attends from those alone: the fill's copies
+        # are keys and values, never queries. Exported graphs keep whole windows (static shapes),
+        # and so does FLOP counting (on the meta device): the paper counts whole windows. GPUs too:
+        # a host sync per stage and a launch per window, not measured there.
+        order = back.argsort()  # kept tokens in layout order
+        layout = back[order]
+        query_slots = layout % vol
+        query_counts = torch.bincount(layout // vol, minlength=len(plan.src) // vol * B).tolist()
+        back = order.argsort()
     rel_cache = {} if rel_cache is None else rel_cache
     if vol not in rel_cache:
         rel_cache[vol] = relative_index(window, vol, x)
@@ -304,7 +322,25 @@ def window_index(
     if plan.regions is not None:
         ids = constant(plan.regions, x, torch.long)
         regions = torch.where(ids[:, :, None] != ids[:, None, :], -100.0, 0.0).to(x.dtype)
-    return WindowIndex(rows, back, plan.counts, rel_cache[vol], regions, padded)
+    return WindowIndex(rows, back, plan.counts, rel_cache[vol], regions, padded, query_slots, query_counts)
+
+
+def kept_query_attention(q, k, v, mask, slots: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    """Window attention from each window's kept positions only, one SDPA per (window, sample) pair.
+
+    q, k, v (n, heads, vol, hd) for n pairs, mask (1, heads, vol, vol), slots (sum(counts),) each
+    kept position's slot in its window, pair by pair -> per pair with kept tokens, (count, heads * hd).
+    The same sums as whole-window attention read back at those rows, up to float rounding: the
+    fused kernel blocks queries by their count.
+    """
+    outs = []
+    for j, part in enumerate(slots.split(counts)):
+        if len(part):
+            out = F.scaled_dot_product_attention(
+                q[j : j + 1].index_select(2, part), k[j : j + 1], v[j : j + 1], attn_mask=mask.index_select(2, part)
+            )  # (1, heads, count, hd)
+            outs.append(out[0].transpose(0, 1).reshape(len(part), -1))
+    return outs
 
 
 class WindowAttention3d(nn.Module):
@@ -340,7 +376,7 @@ class WindowAttention3d(nn.Module):
         # than advanced indexing (3.0 -> 0.6 ms per Swin-T stage-3 block), the same values.
         table = self.relative_position_bias_table.t().contiguous()  # (heads, table rows), a few kB
         bias = table.index_select(1, index.rel.flatten()).view(heads, vol, vol)
-        outs, start = [], 0
+        outs, start, queries = [], 0, 0
         for i, n in enumerate(index.counts):  # one attention per shift type: its mask is shared
             mask = (bias if index.regions is None else bias + index.regions[i])[None]
             step = n if tracing() else max(1, CHUNK_ROWS // (B * vol))  # eager: gather a few windows at a time
@@ -351,6 +387,12 @@ class WindowAttention3d(nn.Module):
                 q, k, v = (
                     windows.view(-1, vol, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
                 )  # (n * B, heads, vol, hd)
+                if index.query_counts is not None:
+                    counts = index.query_counts[w * B : w_end * B]
+                    kept_slots = index.query_slots[queries : queries + sum(counts)]
+                    outs += kept_query_attention(q, k, v, mask, kept_slots, counts)
+                    queries += sum(counts)
+                    continue
                 # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (n * B, vol, heads, hd)
                 if torch.compiler.is_compiling():
@@ -361,7 +403,7 @@ class WindowAttention3d(nn.Module):
                     out = out.clone(memory_format=torch.contiguous_format)
                 outs.append(out.reshape(-1, C))
             start += n
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (nW * B * vol, C)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (nW * B * vol or B * K, C)
         return out.index_select(0, index.back).view(B, K, C)
 
 
