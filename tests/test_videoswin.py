@@ -244,8 +244,11 @@ def reference_forward(model: VideoSwin, video: torch.Tensor, similarity: str):
     return model.head(model.norm(tokens).mean(1)), kept_all
 
 
+@pytest.mark.parametrize("kept_queries", [False, True])
 @pytest.mark.parametrize("similarity", ["key", "feature"])
-def test_pruned_forward_matches_dense_reference(clip, similarity):
+def test_pruned_forward_matches_dense_reference(clip, similarity, kept_queries, monkeypatch):
+    if kept_queries:  # eager attention from kept positions only, which windows this small skip
+        monkeypatch.setattr(videoswin, "KEPT_QUERY_MIN_MACS", 0)
     model = tiny_model(sta=STAConfig(r1=24, similarity=similarity))
     with torch.no_grad():
         logits = model(clip)
@@ -270,6 +273,7 @@ def test_eager_attends_from_kept_positions_only(monkeypatch):
     kept = (per_slice[:, None, :] + 64 * torch.arange(4)[None, :, None]).flatten(1)  # (B, 4 * 32)
     fill = nearest_kept_fill(kept, grid)
     qkv = torch.randn(2, kept.shape[1], 3 * C)
+    monkeypatch.setattr(videoswin, "KEPT_QUERY_MIN_MACS", 0)  # windows this small keep whole windows otherwise
     for shifted in (False, True):
         index = videoswin.window_index(grid, window, shifted, qkv[..., :C], kept, fill)
         assert sum(index.query_counts) == kept.numel() and (shifted or 0 in index.query_counts)

@@ -240,6 +240,11 @@ def window_plan(grid: tuple[int, int, int], win: tuple[int, int, int], shift: tu
 
 # Eager runs token-wise work and window gathers in pieces of about this many rows (see SwinBlock).
 CHUNK_ROWS = 4096
+# Eager attends from kept positions only when that skips at least this many multiply-adds per
+# window: each window then costs two gathers and an SDPA call of its own (~0.1 ms on 2 CPU cores).
+# Swin-T at r1 >= 192 skips 14M+ per window and gains 5-13%; a 16-wide toy model skips 0.3M and
+# would lose 5-8%.
+KEPT_QUERY_MIN_MACS = 8_000_000
 
 
 def tracing() -> bool:
@@ -305,7 +310,9 @@ def window_index(
     rows = (token + sample * (K + int(padded))).view(B, -1, vol).transpose(0, 1).reshape(-1)
     back = ((slot // vol * B + sample) * vol + slot % vol).reshape(-1)
     query_slots = query_counts = None
-    if kept is not None and not tracing() and x.device.type == "cpu":
+    pairs = len(plan.src) // vol * B  # (window, sample) pairs
+    skipped = (pairs * vol - B * K) * vol * x.shape[-1] * 2  # multiply-adds of the unread query rows
+    if kept is not None and not tracing() and x.device.type == "cpu" and skipped >= pairs * KEPT_QUERY_MIN_MACS:
         # Only kept positions are read back, so eager attends from those alone: the fill's copies
         # are keys and values, never queries. Exported graphs keep whole windows (static shapes),
         # and so does FLOP counting (on the meta device): the paper counts whole windows. GPUs too:
