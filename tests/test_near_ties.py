@@ -178,3 +178,23 @@ def test_set_swap_at_the_boundary_sorted_output():
     moved = torch.tensor([[0, 1, 2, 6, 3, 7, 9, 10]])  # a group-2 token in group 1's place
     (check,) = near_tie_check([moved], [ref], scores, TIE_TOL["float32"])
     assert not check.ok and "a different number of tokens kept per group" in check.message
+
+
+def test_order_only_difference_after_a_near_tie_reads_as_such():
+    """A near-tie reordering at stage 1 carries forward: stage 2 keeps the same tokens in another
+    order. The report says so instead of "ranked other tokens"."""
+    from sta_cli.formats.validate import StageScores, near_tie_check
+
+    keys = torch.tensor([[0.1, 0.2, 0.2 + 1e-8, 0.9, 0.3, 0.1, 0.8, 0.4]], dtype=torch.float64)
+    ref = [torch.tensor([[0, 1, 2, 5, 4, 7]]), torch.tensor([[0, 1, 2, 5]])]
+    scores = [StageScores(torch.arange(8)[None], keys, 4), StageScores(ref[0], keys[:, :6], 6)]
+    ours = [torch.tensor([[0, 2, 1, 5, 4, 7]]), torch.tensor([[0, 2, 1, 5]])]  # 1 and 2 tie: order swapped
+    first, later = near_tie_check(ours, ref, scores, TIE_TOL["float32"])
+    assert first.ok and "stage 1: 0 token(s) swapped in/out, 2 in another order" in first.message
+    assert later.kind == "warning"
+    assert later.message.startswith(
+        "kept positions after the near-tie swap: the same tokens in another order (stage 2)"
+    )
+    ours[1] = torch.tensor([[0, 2, 1, 4]])  # and a different set: not judged
+    _, later = near_tie_check(ours, ref, scores, TIE_TOL["float32"])
+    assert later.message.startswith("kept positions after a near-tie swap differ (stage 2: 75.0% same set)")

@@ -332,16 +332,19 @@ def near_tie_check(
         )
     ]
     if after:
-        later = ", ".join(
-            f"stage {s + 1}: {100 * _set_overlap(kept_o[s], kept_r[s]):.1f}% same set" for s in sorted(after)
-        )
-        checks.append(
-            Check(
-                f"kept positions after a near-tie swap differ ({later}): not judged, the graph ranked other tokens than PyTorch",
-                False,
-                "warning",
+        overlap = {s: _set_overlap(kept_o[s], kept_r[s]) for s in sorted(after)}
+        if all(v == 1.0 for v in overlap.values()):  # a near-tie reordering upstream, nothing else
+            message = (
+                f"kept positions after the near-tie swap: the same tokens in another order "
+                f"({', '.join(f'stage {s + 1}' for s in overlap)}), as the swap's order carries forward"
             )
-        )
+        else:
+            later = ", ".join(f"stage {s + 1}: {100 * v:.1f}% same set" for s, v in overlap.items())
+            message = (
+                f"kept positions after a near-tie swap differ ({later}): not judged, "
+                "the graph ranked other tokens than PyTorch"
+            )
+        checks.append(Check(message, False, "warning"))
     return checks
 
 
