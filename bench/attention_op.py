@@ -15,7 +15,6 @@ Random weights: latency does not depend on the values (every shape is fixed by r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -25,8 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, header, interleaved, log, parser  # noqa: E402
 from export_speed import SIZES, random_model  # noqa: E402
-from table import interleaved, ort_runner  # noqa: E402
+from table import ort_runner  # noqa: E402
 
 from sta_cli.flops import gflops  # noqa: E402
 from sta_cli.formats.graph import ExportModule  # noqa: E402
@@ -52,7 +52,7 @@ def checked_export(model, sta: STAConfig, x: torch.Tensor, path: Path, opset: in
     return run, {"export_s": round(seconds, 1), "kept_positions_identical": kept_same, "logits_max_abs_diff": diff}
 
 
-def bench_row(size: str, batch: int, rounds: int, threads: int, workdir: Path, log) -> dict:
+def bench_row(size: str, batch: int, rounds: int, threads: int, workdir: Path) -> dict:
     model = random_model(SIZES[size])
     x = torch.randn(batch, 3, model.cfg.num_frames, model.cfg.image_size, model.cfg.image_size)
     runs, checks, flops = {}, {}, {}
@@ -80,31 +80,15 @@ def bench_row(size: str, batch: int, rounds: int, threads: int, workdir: Path, l
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, rounds=5)
     p.add_argument("--rows", nargs="+", default=["S1", "S8", "B1"], help="SIZE+BATCH: S, B (T: smoke test)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    import onnxruntime
-
-    results = {
-        "command": "python bench/attention_op.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "rows": [],
-    }
+    results = header("attention_op.py", threads=args.threads, rounds=args.rounds, rows=[])
     with tempfile.TemporaryDirectory(prefix="sta-attention-") as tmp:
         for spec in args.rows:
-            results["rows"].append(bench_row(spec[0], int(spec[1:]), args.rounds, args.threads, Path(tmp), log))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+            results["rows"].append(bench_row(spec[0], int(spec[1:]), args.rounds, args.threads, Path(tmp)))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ Random weights: latency does not depend on the values (every shape is fixed by r
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,12 +27,15 @@ from pathlib import Path
 
 import torch
 
-from sta_cli.flops import gflops
-from sta_cli.formats.onnx import export_onnx
-from sta_cli.models.base import ModelCard
-from sta_cli.models.layers import StaScoring
-from sta_cli.models.videomae import VideoMAE, VideoMAEConfig
-from sta_cli.pruning import STAConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, header, interleaved, log, parser, session  # noqa: E402
+
+from sta_cli.flops import gflops  # noqa: E402
+from sta_cli.formats.onnx import export_onnx  # noqa: E402
+from sta_cli.models.base import ModelCard  # noqa: E402
+from sta_cli.models.layers import StaScoring  # noqa: E402
+from sta_cli.models.videomae import VideoMAE, VideoMAEConfig  # noqa: E402
+from sta_cli.pruning import STAConfig  # noqa: E402
 
 SIZES = {
     "S": VideoMAEConfig(embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, num_classes=400),
@@ -80,30 +80,6 @@ def fixed_selection(model):
         model.sta_scoring = real
 
 
-def session(path: Path, threads: int, profile: bool = False):
-    from sta_cli.runtime import ort
-
-    return ort.session(path, "cpu", threads, profile_prefix=str(path.with_suffix("")) if profile else None)[0]
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved(configs: dict[str, callable], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per config; one run of every config per round."""
-    for fn in configs.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in configs}
-    for _ in range(rounds):
-        for k, fn in configs.items():
-            times[k].append(timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def profile_share(path: Path, feed: dict, threads: int, runs: int = 3) -> dict:
     """ORT kernel time outside the transformer blocks / total (upper bound on scoring + gathers)."""
     import onnx
@@ -141,7 +117,7 @@ def profile_share(path: Path, feed: dict, threads: int, runs: int = 3) -> dict:
     }
 
 
-def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict:
+def bench_size(size: str, rounds: int, threads: int, workdir: Path) -> dict:
     cfg = SIZES[size]
     model = random_model(cfg)
     x = {b: torch.randn(b, 3, cfg.num_frames, cfg.image_size, cfg.image_size) for b in (1, 4)}
@@ -215,30 +191,15 @@ def bench_size(size: str, rounds: int, threads: int, workdir: Path, log) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, rounds=5)
     p.add_argument("--sizes", nargs="+", default=["S", "B"], choices=list(SIZES))
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    import onnxruntime
-
-    results = {
-        "command": "python bench/export_speed.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "cpu_count": os.cpu_count(),
-        "sizes": [],
-    }
+    results = header("export_speed.py", sizes=[])
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            results["sizes"].append(bench_size(size, args.rounds, args.threads, Path(tmp), log))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+            results["sizes"].append(bench_size(size, args.rounds, args.threads, Path(tmp)))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

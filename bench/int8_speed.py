@@ -16,9 +16,6 @@ figures are for such weights, not for a trained model.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -27,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export_speed import SIZES, interleaved, random_model, session  # noqa: E402
+from common import emit, header, interleaved, log, parser, session  # noqa: E402
+from export_speed import SIZES, random_model  # noqa: E402
 
 from sta_cli.flops import gflops  # noqa: E402
 from sta_cli.formats.graph import ExportModule  # noqa: E402
@@ -67,17 +65,12 @@ def closeness(model, sessions: dict, x: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, rounds=5)
     p.add_argument("--size", default="B", choices=list(SIZES))
     p.add_argument("--r1", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    import onnxruntime
-
+    results = header("int8_speed.py", size=args.size, r1=args.r1, threads=args.threads, rounds=args.rounds, batch=1)
     cfg = SIZES[args.size]
     model = random_model(cfg)
     x = torch.randn(1, 3, cfg.num_frames, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
@@ -112,28 +105,16 @@ def main() -> None:
         }
         for k, t in times.items()
     ]
-    results = {
-        "command": "python bench/int8_speed.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "cpu_count": os.cpu_count(),
-        "size": args.size,
-        "r1": args.r1,
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "batch": 1,
-        "gflops": {r: round(f, 2) for r, f in flops.items()},
-        "flop_ratio": round(flops[0] / flops[args.r1], 3),
-        "rows": rows,
-        "closeness_to_float32_pytorch": close,
-        "tie_tol_int8": TIE_TOL["int8"],
-    }
+    results.update(
+        gflops={r: round(f, 2) for r, f in flops.items()},
+        flop_ratio=round(flops[0] / flops[args.r1], 3),
+        rows=rows,
+        closeness_to_float32_pytorch=close,
+        tie_tol_int8=TIE_TOL["int8"],
+    )
     for r in rows:
         log(f"  {r['graph']:10s} {r['ms']:8.1f} ms  {r['speedup_vs_fp32_unpruned']:.2f}x  {r['mb']} MB")
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ For r1 in {0, 192, 256, 320} (paper Table 3): export random-weight Swin with
 `--opsets 18 23` a second graph per r1 whose attention is ONNX's fused `Attention` op), check that
 ONNX Runtime reproduces PyTorch on the timing clip (same kept positions, logits diff) and the file
 size against the weights, then time one clip (batch 1) with a fixed thread count, interleaved across
-r1 values and paths (one run of each per round, median over rounds; `export_speed.interleaved`).
+r1 values and paths (one run of each per round, median over rounds; `common.interleaved`).
 ONNX Runtime's idle threads do not spin (`session.intra_op.allow_spinning = 0`): spinning threads
 would steal the CPU from the next run. The speedup over r1 = 0 sits next to the ideal, the FLOP
 ratio (fvcore convention, `sta_cli.flops.gflops`), and its share of it.
@@ -27,10 +27,6 @@ Random weights: latency does not depend on the values (every shape is fixed by r
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,11 +34,14 @@ from pathlib import Path
 
 import torch
 
-from sta_cli.flops import gflops
-from sta_cli.formats.graph import ExportModule
-from sta_cli.formats.onnx import export_onnx
-from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig
-from sta_cli.pruning import STAConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, header, interleaved, log, parser, session  # noqa: E402
+
+from sta_cli.flops import gflops  # noqa: E402
+from sta_cli.formats.graph import ExportModule  # noqa: E402
+from sta_cli.formats.onnx import export_onnx  # noqa: E402
+from sta_cli.models.videoswin import VideoSwin, VideoSwinConfig  # noqa: E402
+from sta_cli.pruning import STAConfig  # noqa: E402
 
 SIZES = {
     "T": VideoSwinConfig(),  # Swin-T: 96 wide, depths (2, 2, 6, 2), window (8, 7, 7), 32x224^2
@@ -53,17 +52,6 @@ SIZES = {
     ),
 }
 R1S = {"T": (0, 192, 256, 320), "B": (0, 192, 256, 320), "tiny": (0, 24, 32, 40)}
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def random_model(cfg: VideoSwinConfig, seed: int = 0) -> VideoSwin:
@@ -100,21 +88,6 @@ def export_checked(model: VideoSwin, x: torch.Tensor, path: Path, threads: int, 
     }
 
 
-def interleaved(runs: dict, rounds: int, cpu_time: bool, warmup: int = 2) -> dict:
-    """Median seconds per run, one call of every run per round (paths and r1 values alternate)."""
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for (path, r1), fn in runs.items():
-            clock = (time.thread_time if path == "torch" else time.process_time) if cpu_time else time.perf_counter
-            start = clock()
-            fn()
-            times[(path, r1)].append(clock() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def ort_path(opset: int) -> str:
     return "ort" if opset == 18 else f"ort_opset{opset}"
 
@@ -125,7 +98,6 @@ def bench(
     rounds: int,
     threads: int,
     workdir: Path,
-    log,
     cpu_time: bool = False,
     opsets: tuple[int, ...] = (18,),
     r1s: tuple[int, ...] | None = None,
@@ -150,7 +122,9 @@ def bench(
             runs[("torch", r1)] = lambda m=model: run_eager(m, x)
     paths = [ort_path(o) for o in opsets if "ort" in paths] + [p for p in paths if p != "ort"]
     log(f"Swin-{size}: {', '.join(paths)} interleaved, {rounds} rounds")
-    times = interleaved(runs, rounds, cpu_time)
+    # CPU time: torch runs on the calling thread; ONNX Runtime's one intra-op thread is the caller's too.
+    cpu_clock = lambda key: time.thread_time if key[0] == "torch" else time.process_time  # noqa: E731
+    times = interleaved(runs, rounds, warmup=2, clock=cpu_clock if cpu_time else None)
     rows = []
     for r1 in r1s:
         row = {"r1": r1, "gflops": round(flops[r1], 2), "flop_ratio": round(flops[r1s[0]] / flops[r1], 3)}
@@ -173,13 +147,10 @@ def run_eager(model: VideoSwin, x: torch.Tensor) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, rounds=3)
     p.add_argument("--size", default="T", choices=list(SIZES))
     p.add_argument("--paths", nargs="+", default=["ort", "torch"], choices=["ort", "torch"])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-time", action="store_true", help="Time CPU time instead of wall clock (needs --threads 1).")
-    p.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     p.add_argument("--keep", type=Path, default=None, help="Keep the exported .onnx files in this folder.")
     p.add_argument(
         "--opsets", nargs="+", type=int, default=[18], help="ONNX opsets to export and time (23: fused Attention)."
@@ -191,27 +162,14 @@ def main() -> None:
     if args.cpu_time and args.threads != 1:
         p.error("--cpu-time needs --threads 1 (with more threads CPU time counts OpenMP's spin-waits)")
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    import onnxruntime
-
-    results = {
-        "command": "python bench/swin_speed.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_average_start": os.getloadavg(),
-    }
+    results = header("swin_speed.py")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         results["result"] = bench(
-            args.size, args.paths, args.rounds, args.threads, workdir, log, args.cpu_time, tuple(args.opsets), args.r1s
+            args.size, args.paths, args.rounds, args.threads, workdir, args.cpu_time, tuple(args.opsets), args.r1s
         )
-    results["load_average_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, header, interleaved, log, parser, session  # noqa: E402
 from export_speed import SIZES as VIT_SIZES  # noqa: E402
 from export_speed import random_model as random_vit  # noqa: E402
 from swin_speed import random_model as random_swin  # noqa: E402
@@ -115,7 +114,7 @@ def onnx_file(workdir: Path, arch: str, side: str, int8: bool) -> Path:
     return workdir / f"{arch}-{side}{'.int8' if int8 else ''}.onnx"
 
 
-def export(model, sta: STAConfig, workdir: Path, arch: str, side: str, log) -> None:
+def export(model, sta: STAConfig, workdir: Path, arch: str, side: str) -> None:
     """Float32 ONNX of `model` at `sta` (and for the pruned side its int8 twin), unless already there."""
     from sta_cli.formats.onnx import export_onnx
     from sta_cli.formats.quantize import quantize_int8
@@ -132,9 +131,7 @@ def export(model, sta: STAConfig, workdir: Path, arch: str, side: str, log) -> N
 
 
 def ort_runner(path: Path, x: torch.Tensor, threads: int):
-    from sta_cli.runtime.ort import session
-
-    sess = session(path, "cpu", threads)[0]
+    sess = session(path, threads)
     feed = {sess.get_inputs()[0].name: x.numpy()}
     return lambda: sess.run(None, feed)
 
@@ -148,7 +145,7 @@ def torch_runner(model, sta: STAConfig | None, x: torch.Tensor):
     return run
 
 
-def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str | None = None) -> tuple[dict, dict]:
+def runners(arch: str, batch: int, threads: int, workdir: Path, only: str | None = None) -> tuple[dict, dict]:
     """{(path, "unpruned"|"pruned"): callable} for one row, and facts (GFLOPs, r1, compile seconds).
     only: build just that path (the peak-memory subprocess; the ONNX files must exist then)."""
     want = lambda p: only is None or only == p  # noqa: E731
@@ -174,7 +171,7 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
                 (hf(pixel_values=x.transpose(1, 2)).logits - model(x)).abs().max()
             )
         for side, cfg in (("unpruned", STAConfig()), ("pruned", sta)):
-            export(model, cfg, workdir, arch, side, log)
+            export(model, cfg, workdir, arch, side)
     out = {}
     if hf is not None:
         xt = x.transpose(1, 2)  # transformers takes (B, T, C, H, W)
@@ -206,18 +203,6 @@ def runners(arch: str, batch: int, threads: int, workdir: Path, log, only: str |
     return out, facts
 
 
-def interleaved(fns: dict, rounds: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def peak_rss(arch: str, batch: int, path: str, side: str, threads: int, workdir: Path) -> float | None:
     """Peak RSS (MB) of a fresh process that builds and runs only this path."""
     cmd = [
@@ -242,7 +227,7 @@ def peak_rss(arch: str, batch: int, path: str, side: str, threads: int, workdir:
 
 def child(arch: str, batch: int, path: str, side: str, threads: int, workdir: Path) -> None:
     torch.set_num_threads(threads)
-    fns, _ = runners(arch, batch, threads, workdir, lambda m: None, only=path)
+    fns, _ = runners(arch, batch, threads, workdir, only=path)
     fn = fns[(path, side)]
     fn()
     fn()
@@ -258,9 +243,9 @@ def peak_rss_mb_self() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # not Linux
 
 
-def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, memory: bool, log) -> dict:
+def bench_row(arch: str, batch: int, rounds: int, threads: int, workdir: Path, memory: bool) -> dict:
     log(f"{ARCHS[arch]} batch {batch}: building paths")
-    fns, facts = runners(arch, batch, threads, workdir, log)
+    fns, facts = runners(arch, batch, threads, workdir)
     log(f"{ARCHS[arch]} batch {batch}: timing {len(fns)} runs per round, {rounds} rounds")
     med = interleaved(fns, rounds)
     timed = set(fns)
@@ -338,17 +323,14 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, rounds=3)
     p.add_argument(
         "--rows",
         nargs="+",
         default=["S1", "S8", "B1", "B8", "T1"],
         help="ARCH+BATCH: S, B (ViT), T (Swin-T), D (the demo's architecture), tiny (smoke test); e.g. S1 B8",
     )
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="Skip the peak-RSS subprocesses.")
-    p.add_argument("--json", type=Path, default=None)
     p.add_argument("--render", type=Path, default=None, help="Print a results JSON as the docs' markdown table.")
     p.add_argument("--child", nargs=4, metavar=("ARCH", "BATCH", "PATH", "SIDE"), help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -359,29 +341,18 @@ def main() -> None:
         arch, batch, path, side = args.child
         return child(arch, int(batch), path, side, args.threads, args.workdir)
     torch.set_num_threads(args.threads)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    import onnxruntime
     import transformers
 
-    results = {
-        "command": "python bench/table.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "rows": [],
-    }
+    results = header(
+        "table.py", transformers=transformers.__version__, threads=args.threads, rounds=args.rounds, rows=[]
+    )
     with tempfile.TemporaryDirectory(prefix="sta-table-") as tmp:
         for spec in args.rows:
             arch, batch = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")) :])
-            results["rows"].append(
-                bench_row(arch, batch, args.rounds, args.threads, Path(tmp), not args.no_memory, log)
-            )
+            results["rows"].append(bench_row(arch, batch, args.rounds, args.threads, Path(tmp), not args.no_memory))
             if args.json:  # partial results survive an interrupted run
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":
