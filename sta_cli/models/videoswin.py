@@ -243,7 +243,7 @@ CHUNK_ROWS = 4096
 # Eager attends from kept positions only when that skips at least this many multiply-adds per
 # window: each window then costs two gathers and an SDPA call of its own (~0.1 ms on 2 CPU cores).
 # Swin-T at r1 >= 192 skips 14M+ per window and gains 5-13%; a 16-wide toy model skips 0.3M and
-# would lose 5-8%.
+# would lose ~10%.
 KEPT_QUERY_MIN_MACS = 8_000_000
 
 
@@ -320,7 +320,7 @@ def window_index(
         order = back.argsort()  # kept tokens in layout order
         layout = back[order]
         query_slots = layout % vol
-        query_counts = torch.bincount(layout // vol, minlength=len(plan.src) // vol * B).tolist()
+        query_counts = torch.bincount(layout // vol, minlength=pairs).tolist()
         back = order.argsort()
     rel_cache = {} if rel_cache is None else rel_cache
     if vol not in rel_cache:
