@@ -394,11 +394,11 @@ class WindowAttention3d(nn.Module):
                 q, k, v = (
                     windows.view(-1, vol, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
                 )  # (n * B, heads, vol, hd)
-                if index.query_counts is not None:
+                if index.query_counts is not None:  # eager, pruned stage: kept rows only
                     counts = index.query_counts[w * B : w_end * B]
-                    kept_slots = index.query_slots[queries : queries + sum(counts)]
-                    outs += kept_query_attention(q, k, v, mask, kept_slots, counts)
-                    queries += sum(counts)
+                    end = queries + sum(counts)
+                    outs += kept_query_attention(q, k, v, mask, index.query_slots[queries:end], counts)
+                    queries = end
                     continue
                 # 4-D SDPA takes PyTorch's fused CPU kernel: several times faster than matmul + softmax here.
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (n * B, vol, heads, hd)
