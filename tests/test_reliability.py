@@ -320,7 +320,10 @@ def test_force_replaces_an_artifact_and_nothing_else(place, tmp_path):
 def test_export_replaces_its_model_file_only_with_force(place, tmp_path):
     shutil.copytree(place / "art", tmp_path / "art")
     (tmp_path / "art" / "my-notes.txt").write_text("mine")
-    assert_one_line_error(run_cli("export", "art", "-f", "onnx", cwd=tmp_path), "already holds model.onnx", "--force")
+    for args in (["art"], ["art", "-o", "art"], []):  # the artifact named, named twice, found in the folder
+        refused = run_cli("export", *args, "-f", "onnx", cwd=tmp_path if args else tmp_path / "art")
+        assert_one_line_error(refused, "already holds model.onnx", "--force")
+        assert "loading" not in refused.stderr  # refused before the model is loaded
     r = run_cli("export", "art", "-f", "onnx", "--fp16", "--force", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert "replacing" in r.stderr and "model.onnx (float32" in r.stderr

@@ -316,6 +316,7 @@ def export(
     )  # fmt: skip
     if out is not None:  # fail before loading anything
         check_out(Path(out), force)
+    _check_artifact_files(Path(str(source)).expanduser(), out, request, force)
     dev = torch_device(device)
     model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
@@ -325,6 +326,19 @@ def export(
         _validate(job, run, Path(tmp) / request.filename, log)
     _record_files(job)
     return job.report
+
+
+def output_files(request: ExportRequest) -> list[str]:
+    """The files an export writes into its folder (config.json and the manifest aside)."""
+    name = request.filename
+    return [name, name + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if request.quantize else [])
+
+
+def _check_artifact_files(source: Path, out, request: ExportRequest, force: bool) -> None:
+    """Exporting an artifact into itself: refuse files it already holds before loading the model
+    (seconds to minutes for big ones). Other folders need the model to judge (plan_output)."""
+    if art.is_artifact(source) and (out is None or Path(out).resolve() == source.resolve()):
+        outputs.check_files(source, output_files(request), force)
 
 
 def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str) -> _Job:
@@ -351,8 +365,7 @@ def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Pa
 def _writer(job: _Job, mode: str, force: bool, log: Log):
     """The output's transaction: a new folder, or new files into an existing one (config.json and
     the manifest rewritten last, under the folder's lock)."""
-    name = job.request.filename
-    files = [name, name + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if job.request.quantize else [])
+    files = output_files(job.request)
 
     def finalize(tmp):
         write_records(tmp, job.folder, job.config, job.entries, files)
