@@ -159,6 +159,30 @@ def test_onnx_file_does_not_depend_on_the_install(artifact):
     assert str(Path(sta_cli.__file__).parent).encode() not in (artifact / "model.onnx").read_bytes()
 
 
+def test_gelu_runs_as_one_onnx_runtime_kernel(tmp_path, artifact):
+    """The MLP's GELU is written in the order ONNX Runtime fuses (one Gelu/BiasGelu kernel, not five passes)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(artifact / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+    assert "Erf" not in ops and ops.count("Gelu") + ops.count("BiasGelu") == CFG.depth
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_translation_equals_torch(tmp_path, approximate):
+    from sta_cli.formats.onnx import _gelu
+
+    x = torch.randn(4, 50) * 3
+    program = torch.onnx.export(
+        torch.nn.GELU(approximate=approximate), (x,), dynamo=True, verbose=False,
+        custom_translation_table={torch.ops.aten.gelu.default: _gelu},
+    )  # fmt: skip
+    program.save(str(tmp_path / "gelu.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "gelu.onnx"))
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, torch.nn.functional.gelu(x, approximate=approximate).numpy(), atol=1e-6, rtol=0)
+
+
 @torch.no_grad()
 def test_onnx_runtime_parity_dynamic_batch(artifact):
     """Independent of the exporter's own validation: ORT vs PyTorch on the clip and batches 1 and 2 (traced at 3)."""
