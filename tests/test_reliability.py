@@ -102,6 +102,13 @@ def _build_place(root: Path) -> None:
     save_file(sd_nan, str(root / "nanmodel" / "model.safetensors"))
     for name in ("tampered", "tampered-onnx", "badmanifest", "incomplete"):
         shutil.copytree(root / "art", root / name)
+    shutil.copytree(root / "art", root / "artnotes")
+    (root / "artnotes" / "NOTES.txt").write_text("mine\n")
+    (root / "deploy").mkdir()  # a user's app with a copy of an export's config.json (sta 0.1 had no manifest)
+    config = __import__("json").loads((root / "art" / "config.json").read_text())
+    (root / "deploy" / "config.json").write_text(__import__("json").dumps({**config, "format": "sta-export"}))
+    (root / "deploy" / "manifest.json").write_text('{"name": "my-web-app"}\n')
+    (root / "deploy" / "app.py").write_text("print('serving')\n")
     _flip_bytes(root / "tampered" / "model.safetensors")
     _flip_bytes(root / "tampered-onnx" / "model.onnx")
     (root / "badmanifest" / "manifest.json").write_text("{")

@@ -24,12 +24,14 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..errors import StaError
 from ..pruning import STAConfig
-from .outputs import is_tmp, write_json
+from .outputs import LOCK_SUFFIX, is_tmp, write_json
 
 MANIFEST = "manifest.json"
 ARTIFACT, EXPORT = "sta-artifact", "sta-export"
 FORMAT_VERSION = 2
 ARTIFACT_FILES = ("model.safetensors", "config.json", "sta.json")
+# What sta 0.1 wrote into its folders (it kept no manifest).
+LEGACY_FILES = (*ARTIFACT_FILES, "report.json", "model.onnx", "model.onnx.data", "model.pt", "model.pt2")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -52,6 +54,20 @@ def sta_kind(folder: Path) -> str | None:
     if legacy == EXPORT or legacy == ARTIFACT and (folder / "sta.json").is_file():
         return legacy
     return None
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of the sta folder `folder` that sta did not write: not in its manifest (an sta 0.1
+    folder has none: not a file sta 0.1 wrote). --force never replaces a folder holding any, and
+    sta never rewrites one. Writers' temporary and lock files are sta's."""
+    record = manifest(folder) or {}
+    files = record.get("files") if record.get("format") in (ARTIFACT, EXPORT) else None
+    ours = {MANIFEST, *files} if isinstance(files, dict) else set(LEGACY_FILES)
+    return sorted(
+        p.name
+        for p in Path(folder).iterdir()
+        if p.name not in ours and not is_tmp(p) and not p.name.endswith(LOCK_SUFFIX)
+    )
 
 
 def is_artifact(folder: Path) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..errors import StaError
 
 TMP_SUFFIX = ".sta-tmp"
+LOCK_SUFFIX = ".sta-lock"
 _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
 _TMP_NAME = re.compile(
     r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]+" + re.escape(TMP_SUFFIX) + "$"
@@ -149,7 +150,7 @@ def _remove(p: Path) -> None:
 def lock(parent: Path, name: str, wait: bool = True) -> Iterator[None]:
     """Exclusive lock for publishing `parent/name`, held from the check to the rename. Without
     `wait`, a lock held by another process is a StaError."""
-    path = Path(parent) / f".{name}.sta-lock"
+    path = Path(parent) / f".{name}{LOCK_SUFFIX}"
     while True:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666 & ~umask())
         try:
@@ -243,7 +244,20 @@ def replace_refusal(out: Path) -> str | None:
             f"{out} already exists and is not an sta output (it holds {_contents(out)}); --force replaces "
             "only sta outputs and empty folders: choose another -o"
         )
-    return None
+    return _foreign_refusal(out, "--force replaces only what sta wrote")
+
+
+def _foreign_refusal(folder: Path, rule: str) -> str | None:
+    from .artifact import foreign_entries, sta_kind
+
+    foreign = foreign_entries(folder) if sta_kind(folder) is not None else []
+    if not foreign:
+        return None
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return (
+        f"{folder} is an sta output but also holds files sta did not write ({', '.join(foreign[:3])}{more}); "
+        f"{rule}: move them out or choose another -o"
+    )
 
 
 def check_folder_target(out: Path, force: bool) -> None:
@@ -335,9 +349,10 @@ def files_into(
 
     `new` files (a model file) replace an existing file only with `force`; `records` (sta's own
     config.json, manifest.json), written by `finalize(tmp)` under the lock so that they describe
-    the folder as it is then, are always updated. Nothing else in `folder` is touched."""
+    the folder as it is then, are always updated, and must be sta's. Nothing else in `folder` is touched."""
     folder = Path(folder)
     check_files(folder, new, force)
+    check_records(folder, records)
     try:
         remove_stale(folder)
         tmp = tmp_path(folder, "files")
@@ -348,6 +363,7 @@ def files_into(
         yield tmp
         with lock(folder, "files"):
             check_files(folder, new, force)
+            check_records(folder, records)
             if finalize is not None:
                 finalize(tmp)
             apply_umask(tmp)
@@ -358,6 +374,17 @@ def files_into(
         raise _oserror(folder, e) from None
     finally:
         _remove(tmp)
+
+
+def check_records(folder: Path, records: list[str]) -> None:
+    """sta rewrites its records (config.json, manifest.json) only where they are its own."""
+    from .artifact import foreign_entries
+
+    mine = [n for n in records if n in foreign_entries(folder)]
+    if mine:
+        raise StaError(
+            f"{folder} holds {', '.join(mine)} that sta did not write; sta never rewrites it: choose another -o"
+        )
 
 
 def check_files(folder: Path, names: list[str], force: bool) -> None:
