@@ -313,7 +313,19 @@ def test_resume_after_interruption(tmp_path, tiny_model, videos):
         args = {"r1": R1S, **kw, **change}
         with pytest.raises(StaError, match="different evaluation"):
             evaluate(videos / "val.txt", tiny_model, out=out, **args)
-    assert (out / "predictions.jsonl").read_bytes() == expected
+    # Other weights of the same size in the same folder (a fine-tuned copy) are another model too.
+    from safetensors.torch import load_file, save_file
+
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_model, mine)
+    evaluate(videos / "val.txt", mine, R1S, out=tmp_path / "mine-eval", **kw)
+    weights = next(mine.glob("*.safetensors"))
+    sd = load_file(weights)
+    name = next(k for k, v in sd.items() if v.dim() == 2)
+    sd[name] = sd[name] * 1.5
+    save_file(sd, str(weights))
+    with pytest.raises(StaError, match=r"different evaluation \(differs in: model\)"):
+        evaluate(videos / "val.txt", mine, R1S, out=tmp_path / "mine-eval", **kw)
     # --force starts over.
     again = evaluate(videos / "val.txt", tiny_model, [4], out=out, force=True, **kw)
     assert [r["r1"] for r in again["settings"]] == [0, 4]

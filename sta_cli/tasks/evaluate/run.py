@@ -26,6 +26,7 @@ from ...errors import StaError
 from ...flops import gflops
 from ...io import outputs
 from ...io import video as video_io
+from ...io.artifact import file_record
 from ...io.checkpoints import Source, resolve
 from ...models import build_from_source
 from ...models.overrides import ArchOverrides
@@ -270,7 +271,9 @@ def _run_record(req: EvalRequest, source: Source, net: nn.Module, entries: list[
         else (source.alias.name if source.alias else str(Path(source.spec).resolve())),
         "revision": source.hub["revision"] if source.hub else None,
         "name": source.name,
-        "weights": [[p.name, p.stat().st_size] for p in source.weights],
+        # The checksum, not just name and size: fine-tuned weights of the same architecture have the
+        # same size, and resuming would report the old weights' results as the new ones'.
+        "weights": [[p.name, record["bytes"], record["sha256"]] for p in source.weights for record in [file_record(p)]],
         "labels": list(net.labels),
     }
     return {

@@ -51,7 +51,7 @@ class EvalModel:
     spec: str
     revision: str | None
     name: str
-    weights: list  # [file name, size in bytes]
+    weights: list  # [file name, size in bytes, sha256] per weights file
     labels: list[str]
     family: str = ""
     params: int = 0
