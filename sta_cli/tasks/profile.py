@@ -203,6 +203,8 @@ def _request(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
     sweep_png = Path(sweep_png) if sweep_png else default_png
     if sweep_values:
         check_target(sweep_png)
+        if vis is not None and Path(vis).resolve() == sweep_png.resolve():
+            raise StaError(f"--vis and --sweep-png are the same file ({vis}): one picture would replace the other")
     onnx = Path(onnx) if onnx is not None else None
     if onnx is not None and onnx.is_dir():
         raise StaError(f"--onnx {onnx} is a folder; give the .onnx file")
