@@ -220,6 +220,20 @@ def test_unsafe_pickles_are_refused_with_a_clean_line(tmp_path, hf_model):
     assert "\x1b" not in message and "weights_only" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "family, weights, missing",
+    [
+        (videomae, {"patch_embed.proj.weight": torch.zeros(8, 3, 2, 4, 4), "layers.0.blocks.0.norm1.weight": torch.zeros(8)}, "'blocks.0.mlp.fc1.weight'"),
+        (videoswin, {"patch_embed.proj.weight": torch.zeros(8, 3, 2, 16, 16), "blocks.0.norm1.weight": torch.zeros(8)}, "'layers.0.blocks.0.*'"),
+    ],
+)  # fmt: skip
+def test_the_other_familys_weights_name_what_is_missing(family, weights, missing):
+    """Video Swin weights read as VideoMAE and the other way round: the line names a key, not a Python error."""
+    with pytest.raises(StaError) as e:
+        family.shapes_from_state_dict(weights)
+    assert str(e.value).endswith(f"cannot find {missing} in its weights")
+
+
 def test_random_bytes_are_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(os.urandom(4096).replace(b"PK", b"xx").lstrip(b"\x80") or b"x")

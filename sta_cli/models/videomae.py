@@ -367,11 +367,13 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
     """What the weights (our layout) fix: widths, depth, patch, classes, biases, pooling, layer scale."""
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, t, p, p)
-        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k)))
+        depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k))), default=-1)
         mlp_dim = sd["blocks.0.mlp.fc1.weight"].shape[0]
         num_classes = sd["head.weight"].shape[0]
-    except (KeyError, ValueError, IndexError) as e:
+    except KeyError as e:
         raise StaError(f"not a VideoMAE classifier checkpoint: cannot find {e} in its weights") from None
+    except IndexError:
+        raise StaError("not a VideoMAE classifier checkpoint: a weight it needs is a scalar") from None
     if w.dim() != 5 or w.shape[3] != w.shape[4]:
         raise StaError(f"not a VideoMAE checkpoint: patch_embed.proj.weight has shape {tuple(w.shape)}")
     return dict(

@@ -654,15 +654,19 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
         depths = tuple(
-            1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"^layers\.{i}\.blocks\.(\d+)\.", k)))
+            1 + max((int(m.group(1)) for k in sd if (m := re.match(rf"^layers\.{i}\.blocks\.(\d+)\.", k))), default=-1)
             for i in range(4)
         )
+        if 0 in depths:
+            raise KeyError(f"layers.{depths.index(0)}.blocks.0.*")
         heads = tuple(sd[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(4))
         rows = sd["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
         mlp_ratio = sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / w.shape[0]
         num_classes = sd["head.weight"].shape[0]
-    except (KeyError, ValueError, IndexError) as e:
+    except KeyError as e:
         raise StaError(f"not a Video Swin classifier checkpoint: cannot find {e} in its weights") from None
+    except IndexError:
+        raise StaError("not a Video Swin classifier checkpoint: a weight it needs is a scalar") from None
     return dict(
         embed_dim=w.shape[0],
         depths=depths,
