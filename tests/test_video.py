@@ -223,6 +223,31 @@ def test_index_that_overcounts_is_resampled(videos):
         video.read_clip(half, PRE)
 
 
+def test_damage_the_decoder_conceals_is_a_warning(tmp_path):
+    """Bytes garbled mid-file in a Matroska file: frames still decode (FFmpeg conceals the errors,
+    later frames predicted from garbage), so only the decoder's corrupt flag tells."""
+    if not encoder("mpeg4"):
+        pytest.skip("no mpeg4 encoder")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(100):
+            image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", video.VideoWarning)
+        video.read_clip(path, PRE)  # the intact file: no warning
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 5000] = bytes(b ^ 0x5A for b in data[middle : middle + 5000])
+    path.write_bytes(bytes(data))
+    with pytest.warns(video.VideoWarning, match="is damaged: the decoder flagged"):
+        video.read_clip(path, dict(PRE, frame_stride=20))
+
+
 def test_legacy_read_frames(videos):
     path = write_video(videos / "legacy.mp4", "libx264", n=12)
     frames = video.read_frames(path, lambda n: [0, n - 1])

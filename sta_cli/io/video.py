@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +344,7 @@ class Decoded:
     count: int  # frames decoded (the stream ended early if this is <= the last wanted index)
     rotation: int  # degrees counter-clockwise applied
     size: tuple[int, int]  # (width, height) as displayed, before resizing
+    damaged: list[int] = field(default_factory=list)  # frames the decoder flagged corrupt (concealed errors)
 
 
 def _decode_until_damage(container, stream) -> Iterator:
@@ -374,20 +375,22 @@ def decode_frames(path: Path, wanted: set[int], short_side: int | None, show_pro
     so memory holds len(wanted) small frames whatever the video's length)."""
     last = max(wanted)
     kept: dict[int, torch.Tensor] = {}
-    index, rotation, size = -1, 0, (0, 0)
+    index, rotation, size, damaged = -1, 0, (0, 0), []
     show = show_progress and last + 1 >= PROGRESS_MIN_FRAMES
     with open_video(path) as (container, stream), _progress(show, f"decoding {path.name}", last + 1) as advance:
         for frame in _decode_until_damage(container, stream):
             index += 1
             if advance:
                 advance()
+            if getattr(frame, "is_corrupt", False):  # the decoder concealed an error (PyAV >= 9)
+                damaged.append(index)
             if index in wanted:
                 rotation = _display_rotation(frame, stream)
                 size = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
                 kept[index] = _frame_to_tensor(frame, rotation, short_side)
             if index >= last:
                 break
-    return Decoded(kept, index + 1, rotation, size)
+    return Decoded(kept, index + 1, rotation, size, damaged)
 
 
 @dataclass
@@ -429,10 +432,22 @@ def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None,
         # or a cut file): sample again over the frames that exist, unless most of them are missing.
         if dec.count < TRUNCATED_BELOW * count:
             raise StaError(f"{path} is truncated or corrupt: {count} frames announced, only {dec.count} decode")
+        warnings.warn(
+            f"{path.name}: {count} frames announced, {dec.count} decode: sampled over those", VideoWarning, stacklevel=2
+        )
         count = dec.count
         indices = clip_indices(count, num_frames, stride, n_clips)
         dec = decode_frames(path, {i for clip in indices for i in clip}, pre["short_side"], show_progress)
 
+    if dec.damaged:
+        # Concealed errors: the flagged frames, and frames predicted from them up to the next
+        # keyframe, can be garbage, so the prediction can be wrong without any other sign.
+        warnings.warn(
+            f"{path.name} is damaged: the decoder flagged {len(dec.damaged)} frame(s) as corrupt (first: frame "
+            f"{dec.damaged[0]}, sampled frames {indices[0][0]}-{indices[-1][-1]}); the result may be wrong",
+            VideoWarning,
+            stacklevel=2,
+        )
     span = window_length(num_frames, stride)
     if count < span:
         warnings.warn(
