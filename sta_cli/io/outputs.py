@@ -231,7 +231,7 @@ def _contents(folder: Path, limit: int = 3) -> str:
 
 def replace_refusal(out: Path) -> str | None:
     """Why `--force` may not replace the existing `out`, or None if it may."""
-    from .artifact import sta_kind
+    from .artifact import foreign_entries, sta_kind
 
     here = Path.cwd().resolve()
     target = out.resolve()
@@ -244,20 +244,14 @@ def replace_refusal(out: Path) -> str | None:
             f"{out} already exists and is not an sta output (it holds {_contents(out)}); --force replaces "
             "only sta outputs and empty folders: choose another -o"
         )
-    return _foreign_refusal(out, "--force replaces only what sta wrote")
-
-
-def _foreign_refusal(folder: Path, rule: str) -> str | None:
-    from .artifact import foreign_entries, sta_kind
-
-    foreign = foreign_entries(folder) if sta_kind(folder) is not None else []
-    if not foreign:
-        return None
-    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-    return (
-        f"{folder} is an sta output but also holds files sta did not write ({', '.join(foreign[:3])}{more}); "
-        f"{rule}: move them out or choose another -o"
-    )
+    foreign = foreign_entries(out)  # replacing the folder would delete them
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return (
+            f"{out} is an sta output but also holds files sta did not write ({', '.join(foreign[:3])}{more}); "
+            "--force replaces only what sta wrote: move them out or choose another -o"
+        )
+    return None
 
 
 def check_folder_target(out: Path, force: bool) -> None:
@@ -380,10 +374,10 @@ def check_records(folder: Path, records: list[str]) -> None:
     """sta rewrites its records (config.json, manifest.json) only where they are its own."""
     from .artifact import foreign_entries
 
-    mine = [n for n in records if n in foreign_entries(folder)]
-    if mine:
+    theirs = [n for n in records if n in foreign_entries(folder)]
+    if theirs:
         raise StaError(
-            f"{folder} holds {', '.join(mine)} that sta did not write; sta never rewrites it: choose another -o"
+            f"{folder} holds {', '.join(theirs)} that sta did not write; sta never rewrites it: choose another -o"
         )
 
 
