@@ -38,3 +38,17 @@ def test_command_names_are_the_functions_and_the_writers_stay_importable():
 def test_bad_input_raises_the_one_line_error(tmp_path):
     with pytest.raises(sta_cli.StaError, match="unknown model"):
         sta_cli.export(tmp_path / "nothing-here", "onnx")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(bogus=1), "unknown STA option 'bogus'"),
+        (dict(first_group="random", seed="x"), "seed must be an integer, got 'x'"),
+    ],
+)
+def test_bad_sta_options_raise_the_one_line_error(tmp_path, options, message):
+    """Library callers pass STA options as keywords: a typo or a wrong type is an StaError, nothing written."""
+    with pytest.raises(sta_cli.StaError, match=message):
+        sta_cli.prune("demo", r1=5, out=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,8 @@ class STAConfig:
                 raise StaError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.r1, bool) or not isinstance(self.r1, int) or self.r1 < 0:
             raise StaError(f"r1 must be a non-negative integer, got {self.r1!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise StaError(f"seed must be an integer, got {self.seed!r}")
 
     @property
     def enabled(self) -> bool:

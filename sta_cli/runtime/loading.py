@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import StaError
 from ..io.checkpoints import Source, resolve
 from ..io.video import VIDEO_SUFFIXES, load_clip, synthetic_clip
 from ..models import build_from_source
@@ -52,6 +53,9 @@ def load(
 
 def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) -> STAConfig:
     """`base` (default: no pruning) with r1 and any STA options given (None means unchanged)."""
+    unknown = sorted(set(options) - set(STAConfig.__dataclass_fields__))
+    if unknown:  # library calls pass STA options as keywords: name the bad one, as the CLI would
+        raise StaError(f"unknown STA option {unknown[0]!r} (STA options: {', '.join(STAConfig.__dataclass_fields__)})")
     changes = {k: v for k, v in {"r1": r1, **options}.items() if v is not None}
     return dataclasses.replace(base or STAConfig(), **changes)
 
