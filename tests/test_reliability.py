@@ -324,13 +324,16 @@ def test_force_replaces_an_artifact_and_nothing_else(place, tmp_path):
     )
 
 
-def test_export_replaces_its_model_file_only_with_force(place, tmp_path):
+def test_export_replaces_its_model_file_only_with_force(place, tmp_path, monkeypatch):
     shutil.copytree(place / "art", tmp_path / "art")
     (tmp_path / "art" / "my-notes.txt").write_text("mine")
-    for args in (["art"], ["art", "-o", "art"], []):  # the artifact named, named twice, found in the folder
-        refused = run_cli("export", *args, "-f", "onnx", cwd=tmp_path if args else tmp_path / "art")
-        assert_one_line_error(refused, "already holds model.onnx", "--force")
-        assert "loading" not in refused.stderr  # refused before the model is loaded
+    import sta_cli.tasks.export as export_task
+
+    with monkeypatch.context() as m:  # refused before the model is built
+        m.setattr(export_task, "build_from_source", lambda *a, **k: pytest.fail("built the model"))
+        for args in (["art"], ["art", "-o", "art"], []):  # the artifact named, named twice, found in the folder
+            refused = run_cli("export", *args, "-f", "onnx", cwd=tmp_path if args else tmp_path / "art")
+            assert_one_line_error(refused, "already holds model.onnx", "--force")
     r = run_cli("export", "art", "-f", "onnx", "--fp16", "--force", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert "replacing" in r.stderr and "model.onnx (float32" in r.stderr

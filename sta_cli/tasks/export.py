@@ -182,8 +182,12 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def load_source(source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None):
-    """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and options."""
+def load_source(
+    source: str | Path, r1: int | None, revision, token, sta_options: dict, log: Log, arch=None, before_build=None
+):
+    """(model, artifact folder or None). An artifact keeps its own settings; a model spec takes r1 and
+    options. before_build(artifact): a last check once the source is resolved and its files verified,
+    before the (slow) model build."""
     path = Path(str(source)).expanduser()
     artifact = path if art.is_artifact(path) else None
     given = {k: v for k, v in {"r1": r1, **sta_options}.items() if v is not None}
@@ -194,6 +198,8 @@ def load_source(source: str | Path, r1: int | None, revision, token, sta_options
         )
     log(f"loading {source}")
     src = resolve(str(source), revision=revision, token=token, arch=arch)
+    if before_build is not None:
+        before_build(artifact)
     base = STAConfig.from_dict(src.sta) if src.is_artifact else None
     model = build_from_source(src, STAConfig())
     model.set_sta(task_sta(base, model, r1, **sta_options))
@@ -316,9 +322,14 @@ def export(
     )  # fmt: skip
     if out is not None:  # fail before loading anything
         check_out(Path(out), force)
-    _check_artifact_files(Path(str(source)).expanduser(), out, request, force)
     dev = torch_device(device)
-    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch)
+
+    def refuse_files_held(artifact: Path | None) -> None:
+        # An artifact exported into itself: refuse the files it already holds before the model build.
+        if artifact is not None and (out is None or Path(out).resolve() == artifact.resolve()):
+            outputs.check_files(artifact, output_files(request), force)
+
+    model, artifact = load_source(source, r1, revision, token, sta_options, log, arch, refuse_files_held)
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
     job = _job(request, model, dev, folder, str(source))
     with _writer(job, mode, force, log) as tmp:
@@ -332,13 +343,6 @@ def output_files(request: ExportRequest) -> list[str]:
     """The files an export writes into its folder (config.json and the manifest aside)."""
     name = request.filename
     return [name, name + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if request.quantize else [])
-
-
-def _check_artifact_files(source: Path, out, request: ExportRequest, force: bool) -> None:
-    """Exporting an artifact into itself: refuse files it already holds before loading the model
-    (seconds to minutes for big ones). Other folders need the model to judge (plan_output)."""
-    if art.is_artifact(source) and (out is None or Path(out).resolve() == source.resolve()):
-        outputs.check_files(source, output_files(request), force)
 
 
 def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str) -> _Job:
