@@ -263,6 +263,13 @@ def _load(req: EvalRequest) -> tuple[Source, nn.Module, list[STAConfig]]:
     return source, net, configs
 
 
+def _weights_identity(path: Path) -> list:
+    """[name, bytes, sha256]: the checksum, not just name and size, since fine-tuned weights of the same
+    architecture have the same size and resuming would report the old weights' results as the new ones'."""
+    record = file_record(path)
+    return [path.name, record["bytes"], record["sha256"]]
+
+
 def _run_record(req: EvalRequest, source: Source, net: nn.Module, entries: list[Entry], settings) -> dict:
     """run.json: what this evaluation is; a re-run into the same OUT resumes only the same evaluation."""
     identity = {
@@ -271,9 +278,7 @@ def _run_record(req: EvalRequest, source: Source, net: nn.Module, entries: list[
         else (source.alias.name if source.alias else str(Path(source.spec).resolve())),
         "revision": source.hub["revision"] if source.hub else None,
         "name": source.name,
-        # The checksum, not just name and size: fine-tuned weights of the same architecture have the
-        # same size, and resuming would report the old weights' results as the new ones'.
-        "weights": [[p.name, record["bytes"], record["sha256"]] for p in source.weights for record in [file_record(p)]],
+        "weights": [_weights_identity(p) for p in source.weights],
         "labels": list(net.labels),
     }
     return {
