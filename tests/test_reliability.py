@@ -350,6 +350,19 @@ def test_pictures_replace_only_what_sta_drew(tmp_path):
     assert r.exit_code == 0, r.stderr  # sta's own picture: replaced
 
 
+def test_force_replaces_an_artifact_holding_a_picture_sta_drew(place, tmp_path):
+    shutil.copytree(place / "art", tmp_path / "art")
+    r = run_cli("profile", "--model", "art", "--vis", "art/kept.png", "--runs", 1, cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    r = run_cli("prune", "--model", "demo", "--r1", 16, "-o", "art", "--force", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr  # sta's own picture goes with sta's folder
+    assert not (tmp_path / "art" / "kept.png").exists()
+    shutil.copy(place / "picture.png", tmp_path / "art" / "kept.png")  # the user's picture stays
+    r = run_cli("prune", "--model", "demo", "-o", "art", "--force", cwd=tmp_path)
+    assert_one_line_error(r, "files sta did not write (kept.png)")
+    assert (tmp_path / "art" / "kept.png").read_bytes() == (place / "picture.png").read_bytes()
+
+
 # --- integrity ------------------------------------------------------------------------------------
 
 

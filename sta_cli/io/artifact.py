@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .. import __version__
 from ..errors import StaError
 from ..pruning import STAConfig
-from .outputs import LOCK_SUFFIX, is_tmp, write_json
+from .outputs import LOCK_SUFFIX, drawn_by_sta, is_tmp, write_json
 
 MANIFEST = "manifest.json"
 ARTIFACT, EXPORT = "sta-artifact", "sta-export"
@@ -59,14 +59,14 @@ def sta_kind(folder: Path) -> str | None:
 def foreign_entries(folder: Path) -> list[str]:
     """Entries of the sta folder `folder` that sta did not write: not in its manifest (an sta 0.1
     folder has none: not a file sta 0.1 wrote). --force never replaces a folder holding any, and
-    sta never rewrites one. Writers' temporary and lock files are sta's."""
+    sta never rewrites one. Writers' temporary and lock files, and pictures sta drew, are sta's."""
     record = manifest(folder) or {}
     files = record.get("files") if record.get("format") in (ARTIFACT, EXPORT) else None
     ours = {MANIFEST, *files} if isinstance(files, dict) else set(LEGACY_FILES)
     return sorted(
         p.name
         for p in Path(folder).iterdir()
-        if p.name not in ours and not is_tmp(p) and not p.name.endswith(LOCK_SUFFIX)
+        if p.name not in ours and not is_tmp(p) and not p.name.endswith(LOCK_SUFFIX) and not drawn_by_sta(p)
     )
 
 

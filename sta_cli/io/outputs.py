@@ -229,6 +229,23 @@ def _contents(folder: Path, limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+PICTURE_SOFTWARE = "sta"  # PNG "Software" text chunk: how sta recognises the pictures it drew
+
+
+def drawn_by_sta(path: Path) -> bool:
+    """A picture sta drew (`sta profile --vis`, the r1 sweep): sta may replace it, and --force may
+    remove it with the sta folder it was drawn into."""
+    if not Path(path).is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Software", "")).split(" ")[0] == PICTURE_SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
 def replace_refusal(out: Path) -> str | None:
     """Why `--force` may not replace the existing `out`, or None if it may."""
     from .artifact import foreign_entries, sta_kind

@@ -15,32 +15,20 @@ import torch
 import torch.nn as nn
 
 from ..io import outputs
+from ..io.outputs import PICTURE_SOFTWARE, drawn_by_sta
 from ..io.video import denormalise
 
 if TYPE_CHECKING:
     from .profile import SweepRow
 
-SOFTWARE = "sta"  # PNG "Software" text chunk: how sta recognises its own pictures
-
-
-def written_by_sta(path: Path) -> bool:
-    """An existing picture may be replaced only if sta drew it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return str(image.info.get("Software", "")).split(" ")[0] == SOFTWARE
-    except (OSError, ValueError):
-        return False
-
 
 def check_target(path: Path) -> None:
     """Fail early, before any heavy work, if a picture cannot be written to `path`."""
-    outputs.check_file_target(Path(path), written_by_sta)
+    outputs.check_file_target(Path(path), drawn_by_sta)
 
 
 def write_png(path: Path, save: Callable[[Path], None]) -> Path:
-    return outputs.replace_file(Path(path), save, written_by_sta)
+    return outputs.replace_file(Path(path), save, drawn_by_sta)
 
 
 def kept_mask(kept: np.ndarray, grid: tuple[int, int, int], frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -98,7 +86,7 @@ def save_kept_tokens(path: Path, frames, kept, grids, labels) -> Path:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("Software", SOFTWARE)
+    info.add_text("Software", PICTURE_SOFTWARE)
     return write_png(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
@@ -133,7 +121,9 @@ def save_sweep_plot(path: Path, rows: list[SweepRow], title: str) -> Path:
         )
     fig.suptitle(title, fontsize=10)
     try:
-        return write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": SOFTWARE}))
+        return write_png(
+            path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": PICTURE_SOFTWARE})
+        )
     finally:
         plt.close(fig)
 
