@@ -296,6 +296,25 @@ def test_mmaction2_vit_layout(tmp_path, hf_model, clip):
         sta_cli.load(tmp_path / "vit.pth", **{**TINY_ARCH, "num_frames": 16})
 
 
+def test_learned_position_table_is_refused(tmp_path, hf_model):
+    """The original code's use_learnable_pos_emb saves a learned pos_embed; sta computes the sinusoid,
+    so loading one would silently replace it. The sinusoid stored in bf16 still loads."""
+    n_tokens = (TINY_HF["num_frames"] // 2) * (TINY_HF["image_size"] // 16) ** 2
+    orig = to_original_layout(hf_model.state_dict())
+    sinusoid = videomae.sinusoid_table(n_tokens, TINY_HF["hidden_size"])
+    learned = sinusoid + 0.1 * torch.randn(sinusoid.shape, generator=torch.Generator().manual_seed(0))
+    for name, table, fmt in (("learned", learned, "original"), ("mm-learned", learned, "mmaction2")):
+        ckpt = {"model": {**orig, "pos_embed": table}}
+        if fmt == "mmaction2":
+            ckpt = to_mmaction2_vit(orig, n_tokens, TINY_HF["hidden_size"])
+            ckpt["state_dict"]["backbone.pos_embed"] = table
+        torch.save(ckpt, tmp_path / f"{name}.pth")
+        with pytest.raises(StaError, match="learned position embedding"):
+            sta_cli.load(tmp_path / f"{name}.pth", **TINY_ARCH)
+    torch.save({"model": {**orig, "pos_embed": sinusoid.bfloat16()}}, tmp_path / "bf16.pth")
+    sta_cli.load(tmp_path / "bf16.pth", **TINY_ARCH)
+
+
 def to_mmaction2_swin(tv: dict[str, torch.Tensor]) -> dict:
     """torchvision swin3d keys -> mmaction2 1.x `swin.py` (final norm `backbone.norm3`, head `cls_head.fc_cls`)."""
     out = {}

@@ -254,6 +254,16 @@ def _videomae_check_input(cfg: videomae.VideoMAEConfig, weights: Weights, what: 
             f"{what}: its position table has {pos.shape[1]} tokens, a {cfg.num_frames}x{cfg.image_size}^2 "
             f"input gives {cfg.num_tokens}: pass --num-frames / --image-size"
         )
+    if pos is not None and pos.dim() == 3 and pos.shape[2] == cfg.embed_dim:
+        # A saved table is either the fixed sinusoid (mmaction2 keeps it as a buffer) or a learned one
+        # (the original code's use_learnable_pos_emb); sta computes the sinusoid, so a learned one
+        # would silently be replaced. 1e-2 absorbs fp16 / bf16 storage of the sinusoid.
+        diff = (pos.float() - videomae.sinusoid_table(cfg.num_tokens, cfg.embed_dim).float()).abs().max().item()
+        if not diff <= 1e-2:
+            raise StaError(
+                f"{what} has a learned position embedding (pos_embed differs from VideoMAE's sinusoid table "
+                f"by {diff:.3g}): sta implements the fixed sinusoid table only"
+            )
 
 
 # --- Video Swin ----------------------------------------------------------------------------------------
