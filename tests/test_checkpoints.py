@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import (
     TINY_HF,
+    check_error_text,
     populate_hf_cache,
     save_hub_folder,
     tiny_hf_model,
@@ -601,3 +602,18 @@ def test_options_on_an_artifact_follow_into_preprocessing(tmp_path):
     assert (model.cfg.image_size, model.cfg.num_frames) == (32, 8)
     assert (pre["crop_size"], pre["short_side"], pre["num_frames"], pre["mean"]) == (32, 32, 8, [0.4, 0.4, 0.4])
     assert model.card.provenance["values"]["image_size"] == {"value": 32, "from": "option"}
+
+
+def test_first_token_pooling_is_not_pruned(tmp_path, clip):
+    """use_mean_pooling false: the head reads x[:, 0] (transformers, the original code), a patch token
+    STA may drop; unpruned it loads and matches transformers, pruned it is refused."""
+    model = tiny_hf_model(seed=2, use_mean_pooling=False)
+    model.save_pretrained(tmp_path / "first-token")
+    unpruned = sta_cli.load(tmp_path / "first-token", r1=0)
+    assert max_diff(unpruned, clip, hf_logits(model, clip)) <= 1e-4
+    with pytest.raises(StaError, match="first patch token"):
+        sta_cli.load(tmp_path / "first-token", r1=8)
+    r = run_cli("prune", "--model", tmp_path / "first-token", "--r1", 8, "-o", tmp_path / "out")
+    assert r.returncode != 0
+    check_error_text(r.stderr, "first patch token")
+    assert not (tmp_path / "out").exists()

@@ -230,7 +230,15 @@ class VideoMAE(PrunedClassifier):
     def plan_stages(self, sta: STAConfig) -> list[Stage]:
         """STA's stages for this model's token grid (StaError when the settings do not fit it)."""
         n_t, h, w = self.cfg.grid
-        return plan_vit_stages(sta, self.cfg.depth, n_t, h * w)
+        stages = plan_vit_stages(sta, self.cfg.depth, n_t, h * w)
+        if any(s.drop for s in stages) and not self.cfg.use_mean_pooling:
+            # transformers and the original code classify from x[:, 0], the first patch token (there is
+            # no CLS token); STA may drop or move it, so the head would read another token.
+            raise StaError(
+                "this VideoMAE classifies from its first patch token (use_mean_pooling false), which STA "
+                "may drop: sta prunes mean-pooled models only (r1 = 0 runs it unpruned)"
+            )
+        return stages
 
     @property
     def pruning_grid(self) -> tuple[int, int, int]:
