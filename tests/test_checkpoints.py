@@ -617,3 +617,15 @@ def test_first_token_pooling_is_not_pruned(tmp_path, clip):
     assert r.returncode != 0
     check_error_text(r.stderr, "first patch token")
     assert not (tmp_path / "out").exists()
+
+
+def test_preprocessor_crop_must_match_the_model(tmp_path, hub_folder):
+    """A preprocessor_config.json whose crop disagrees with config.json's image_size is refused with
+    one line (it crashed in the forward, or blamed the clip); --image-size decides."""
+    folder = tmp_path / "crop32"
+    shutil.copytree(hub_folder, folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"crop_size": {"height": 32, "width": 32}}))
+    with pytest.raises(StaError, match="crops 32px frames.*takes 64px"):
+        sta_cli.load(folder)
+    model = sta_cli.load(folder, image_size=64)
+    assert model.preprocessing["crop_size"] == 64

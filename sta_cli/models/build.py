@@ -390,6 +390,7 @@ def _preprocessing(
     arch: ArchOverrides,
     prov: Provenance,
     family: str,
+    what: str,
 ) -> dict:
     """How clips are sampled and normalised (sta's spelling); mean/std from an option, the
     preprocessor_config.json, or the released models' ImageNet values.
@@ -401,6 +402,12 @@ def _preprocessing(
     pre = source.preprocessor if isinstance(source.preprocessor, dict) else {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
+    if crop != image_size and arch.image_size is None:
+        raise StaError(
+            f"{what}: its preprocessor_config.json crops {crop}px frames, its config.json says the model takes "
+            f"{image_size}px (image_size): the two disagree; pass --image-size to choose"
+        )
+    crop = image_size  # --image-size decides when given
     out = {
         "num_frames": num_frames,
         "frame_stride": stride,
@@ -469,7 +476,9 @@ def _build(
         return Built(model, labels, _overridden(config["preprocessing"], cfg, arch))
     stride = _stride(source, cfg.num_classes, family.kinetics_stride, prov)
     short_side = family.short_side(cfg.image_size)
-    pre = _preprocessing(source, cfg.num_frames, cfg.image_size, short_side, stride, arch, prov, family.display_name)
+    pre = _preprocessing(
+        source, cfg.num_frames, cfg.image_size, short_side, stride, arch, prov, family.display_name, what
+    )
     return Built(model, labels, pre)
 
 
