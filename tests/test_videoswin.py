@@ -569,3 +569,14 @@ def test_onnx_tensors_stay_near_the_weights(tmp_path):
     export_onnx(model, tmp_path / "m.onnx", opset=18, batch=None, metadata={})
     stored = stored_tensor_bytes(tmp_path / "m.onnx")
     assert stored <= 1.1 * weights, f"{stored / 1e6:.2f} MB of tensors for {weights / 1e6:.2f} MB of weights"
+
+
+def test_an_ambiguous_bias_table_is_refused_not_guessed():
+    """225 rows fit windows (1, 8, 8), (5, 3, 3) and (13, 2, 2): without the volume (a
+    relative_position_index buffer) sta refuses instead of running the widest one."""
+    from sta_cli.models.videoswin import window_from_table
+
+    assert window_from_table(2535) == (8, 7, 7) and window_from_table(5239) == (16, 7, 7)
+    assert window_from_table(225, volume=45) == (5, 3, 3)
+    with pytest.raises(StaError, match="fits the attention windows 1x8x8, 5x3x3, 13x2x2"):
+        window_from_table(225)

@@ -658,14 +658,27 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 def window_from_table(rows: int, volume: int | None = None) -> tuple[int, int, int]:
     """Window (wt, wh, wh) whose bias table has `rows` rows ((2wt-1)(2wh-1)^2), and `volume` tokens if known.
 
-    Without the volume, the widest spatial window that fits is taken (2535 rows -> (8, 7, 7)).
+    Without the volume, the table must fit one window with a spatial side of 2 or more (2535 rows ->
+    (8, 7, 7); a 1 x 1 spatial window fits every odd count). Several fits (225 rows: (1, 8, 8) or
+    (5, 3, 3)) are an error rather than a guess: a wrong window runs, with wrong logits.
     """
+    fits = []
     for wh in range(64, 0, -1):
         side = (2 * wh - 1) ** 2
         if rows % side == 0 and (rows // side) % 2 == 1:
-            wt = (rows // side + 1) // 2
-            if volume is None or wt * wh * wh == volume:
-                return wt, wh, wh
+            fits.append(((rows // side + 1) // 2, wh, wh))
+    if volume is not None:
+        fits = [w for w in fits if w[0] * w[1] * w[2] == volume]
+    elif len(fits) > 1:
+        fits = [w for w in fits if w[1] > 1]
+    if len(fits) == 1:
+        return fits[0]
+    if len(fits) > 1:
+        raise StaError(
+            f"a relative position table of {rows} rows fits the attention windows "
+            f"{', '.join('x'.join(map(str, w)) for w in fits)}, and the checkpoint does not say which (it has no "
+            "relative_position_index buffer, which torchvision and the original release save)"
+        )
     raise StaError(f"cannot infer the attention window from a relative position table of {rows} rows")
 
 
