@@ -629,3 +629,24 @@ def test_preprocessor_crop_must_match_the_model(tmp_path, hub_folder):
         sta_cli.load(folder)
     model = sta_cli.load(folder, image_size=64)
     assert model.preprocessing["crop_size"] == 64
+
+
+def test_config_and_shards_that_would_load_wrong_weights(tmp_path, hf_model, hub_folder):
+    """hidden_act other than gelu (sta runs exact GELU), and a stale shard listed in the index that
+    holds keys another shard holds: refused, never a silent choice."""
+    relu = tmp_path / "relu"
+    shutil.copytree(hub_folder, relu)
+    config = json.loads((relu / "config.json").read_text())
+    (relu / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    with pytest.raises(StaError, match="hidden_act 'relu' is not supported"):
+        sta_cli.load(relu)
+    sharded = tmp_path / "sharded"
+    hf_model.save_pretrained(sharded, max_shard_size="20KB")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    shutil.copy(sharded / first, sharded / "stale.safetensors")
+    sta_cli.load(sharded)  # the shards as saved load
+    index["weight_map"]["stale.only"] = "stale.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(StaError, match="again, which an earlier weights file already holds"):
+        sta_cli.load(sharded)

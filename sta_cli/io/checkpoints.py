@@ -393,7 +393,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in files:
-        sd.update(read_weights(f))
+        part = read_weights(f)
+        twice = sorted(sd.keys() & part.keys())
+        if twice:  # a stale shard beside the current ones: which copy is meant is not ours to guess
+            more = f" and {len(twice) - 1} more" if len(twice) > 1 else ""
+            raise StaError(f"{f.name} holds {twice[0]}{more} again, which an earlier weights file already holds")
+        sd.update(part)
     return sd
 
 

@@ -130,6 +130,8 @@ class VideoMAEConfig(ConfigDict):
             v = hf.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise StaError(f"config.json: {key} must be a positive integer, got {v!r}")
+        if hf.get("hidden_act", "gelu") != "gelu":  # sta's blocks run exact GELU, as VideoMAE does
+            raise StaError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (VideoMAE uses 'gelu')")
         embed = hf.get("hidden_size", 768)
         labels = hf.get("id2label") or {}
         return cls(
