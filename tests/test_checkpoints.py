@@ -650,3 +650,17 @@ def test_config_and_shards_that_would_load_wrong_weights(tmp_path, hf_model, hub
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(StaError, match="again, which an earlier weights file already holds"):
         sta_cli.load(sharded)
+
+
+def test_do_normalize_false_feeds_unnormalised_pixels(tmp_path, hub_folder):
+    """transformers' processor with do_normalize false skips mean/std: so does sta (an option still wins)."""
+    folder = tmp_path / "raw"
+    shutil.copytree(hub_folder, folder)
+    pre = {"do_normalize": False, "image_mean": [0.45, 0.45, 0.45], "image_std": [0.22, 0.22, 0.22]}
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    p = sta_cli.load(folder).preprocessing
+    assert (p["mean"], p["std"]) == ([0.0] * 3, [1.0] * 3)
+    p = sta_cli.load(folder, mean="0.5,0.5,0.5").preprocessing
+    assert p["mean"] == [0.5] * 3
+    (folder / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": True}))
+    assert sta_cli.load(folder).preprocessing["mean"] == [0.45] * 3

@@ -419,6 +419,8 @@ def _preprocessing(
         given = getattr(arch, name)
         if given is not None:
             value, origin, why = given, OPTION, None
+        elif pre.get("do_normalize") is False:  # transformers' processor then feeds the rescaled [0, 1] pixels
+            value, origin, why = (0.0, 0.0, 0.0) if name == "mean" else (1.0, 1.0, 1.0), CONFIG, "do_normalize false"
         elif f"image_{name}" in pre:
             value, origin, why = tuple(pre[f"image_{name}"]), CONFIG, None
         else:
