@@ -664,3 +664,13 @@ def test_do_normalize_false_feeds_unnormalised_pixels(tmp_path, hub_folder):
     assert p["mean"] == [0.5] * 3
     (folder / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": True}))
     assert sta_cli.load(folder).preprocessing["mean"] == [0.45] * 3
+
+
+def test_a_default_the_weights_contradict_is_called_a_default(tmp_path, hub_folder):
+    folder = tmp_path / "nolabels"
+    shutil.copytree(hub_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in ("num_labels", "id2label", "label2id")}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StaError, match=r"the config gives no num_labels \(default 400\) but the weights have 5"):
+        sta_cli.load(folder)

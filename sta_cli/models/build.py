@@ -143,11 +143,16 @@ class Built:
     preprocessing: dict
 
 
-def _check_against_weights(cfg: dict, shapes: dict, names: dict[str, str], what: str) -> None:
-    """A config value the weights contradict is one StaError, before anything is built."""
+def _check_against_weights(
+    cfg: dict, shapes: dict, names: dict[str, str], what: str, stated: dict | None = None
+) -> None:
+    """A config value the weights contradict is one StaError, before anything is built. `stated`: the
+    config as written, when `cfg` filled in defaults (the line then says the value was a default)."""
     for key, weight_value in shapes.items():
         if key in names and key in cfg and cfg[key] != weight_value:
-            raise StaError(f"{what}: the config says {names[key]} {cfg[key]!r} but the weights have {weight_value!r}")
+            given = stated is None or names[key] in stated or (key == "num_classes" and stated.get("id2label"))
+            claim = f"says {names[key]} {cfg[key]!r}" if given else f"gives no {names[key]} (default {cfg[key]!r})"
+            raise StaError(f"{what}: the config {claim} but the weights have {weight_value!r}")
 
 
 def _missing_error(what: str, kind: str, missing: list[str]) -> StaError:
@@ -206,7 +211,7 @@ def _videomae_fields(source, config: dict, shapes: dict, arch: ArchOverrides, pr
         fields, names = videomae.VideoMAEConfig.from_hf(config).to_dict(), _HF_NAMES
     else:
         return _videomae_from_weights(source, shapes, arch, prov, what)
-    _check_against_weights(fields, shapes, names, what)
+    _check_against_weights(fields, shapes, names, what, stated=config if names is _HF_NAMES else None)
     for k in _VIDEOMAE_INPUT:
         prov.set(k, fields[k], CONFIG)
     if "hidden_size" in config and "architecture" not in config and arch.num_heads is None:
