@@ -674,3 +674,13 @@ def test_a_default_the_weights_contradict_is_called_a_default(tmp_path, hub_fold
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(StaError, match=r"the config gives no num_labels \(default 400\) but the weights have 5"):
         sta_cli.load(folder)
+
+
+def test_an_encoder_without_head_is_named(tmp_path):
+    """transformers' VideoMAEModel saves the encoder alone (no "videomae." prefix, no classifier)."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    hf = {k: v for k, v in TINY_HF.items() if k != "num_labels"}
+    VideoMAEModel(VideoMAEConfig(**hf)).save_pretrained(tmp_path / "encoder")
+    with pytest.raises(StaError, match="VideoMAEModel .the encoder without a classification head"):
+        sta_cli.load(tmp_path / "encoder")

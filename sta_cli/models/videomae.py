@@ -357,6 +357,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     names them. mmaction2's `pos_embed` buffer is kept under that name: the builder checks its token
     count against the config and drops it (ours is recomputed).
     """
+    if any(k.startswith("embeddings.patch_embeddings.") for k in state_dict):  # no "videomae." prefix, no head
+        raise StaError(
+            "not a VideoMAE classifier checkpoint: transformers' VideoMAEModel (the encoder without a "
+            "classification head); use a fine-tuned one (VideoMAEForVideoClassification)"
+        )
     staged: dict[str, torch.Tensor] = {}
     hf = any(k.startswith("videomae.") for k in state_dict)
     mm = any(k.startswith("backbone.") for k in state_dict)
