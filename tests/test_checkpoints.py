@@ -304,11 +304,9 @@ def test_learned_position_table_is_refused(tmp_path, hf_model):
     orig = to_original_layout(hf_model.state_dict())
     sinusoid = videomae.sinusoid_table(n_tokens, TINY_HF["hidden_size"])
     learned = sinusoid + 0.1 * torch.randn(sinusoid.shape, generator=torch.Generator().manual_seed(0))
-    for name, table, fmt in (("learned", learned, "original"), ("mm-learned", learned, "mmaction2")):
-        ckpt = {"model": {**orig, "pos_embed": table}}
-        if fmt == "mmaction2":
-            ckpt = to_mmaction2_vit(orig, n_tokens, TINY_HF["hidden_size"])
-            ckpt["state_dict"]["backbone.pos_embed"] = table
+    mmaction2 = to_mmaction2_vit(orig, n_tokens, TINY_HF["hidden_size"])
+    mmaction2["state_dict"]["backbone.pos_embed"] = learned
+    for name, ckpt in (("original", {"model": {**orig, "pos_embed": learned}}), ("mmaction2", mmaction2)):
         torch.save(ckpt, tmp_path / f"{name}.pth")
         with pytest.raises(StaError, match="learned position embedding"):
             sta_cli.load(tmp_path / f"{name}.pth", **TINY_ARCH)

@@ -412,12 +412,11 @@ def _preprocessing(
             f"{what}: its preprocessor_config.json crops {crop}px frames, its config.json says the model takes "
             f"{image_size}px (image_size): the two disagree; pass --image-size to choose"
         )
-    crop = image_size  # --image-size decides when given
     out = {
         "num_frames": num_frames,
         "frame_stride": stride,
         "short_side": short_side,
-        "crop_size": crop,
+        "crop_size": image_size,  # the config's, or --image-size when given
         "value_range": 1.0,
     }
     for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
