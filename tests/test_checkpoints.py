@@ -664,6 +664,33 @@ def test_do_normalize_false_feeds_unnormalised_pixels(tmp_path, hub_folder):
     assert sta_cli.load(folder).preprocessing["mean"] == [0.45] * 3
 
 
+@pytest.mark.parametrize("pre", [{"do_rescale": False}, {"rescale_factor": 1 / 127.5}, {}])
+def test_rescaling_follows_transformers_processor(tmp_path, hub_folder, pre):
+    """do_rescale false feeds 0..255 pixels to mean/std, rescale_factor scales them: sta's input equals
+    what transformers' VideoMAEImageProcessor makes of the same frames (it used 0..1 whatever the file said)."""
+    from transformers import VideoMAEImageProcessor
+
+    from sta_cli.io.video import standardise
+
+    folder = tmp_path / "rescale"
+    shutil.copytree(hub_folder, folder)
+    pre = {"image_mean": [0.45, 0.4, 0.35], "image_std": [0.2, 0.25, 0.3], **pre}
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    frames = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    processor = VideoMAEImageProcessor(**pre, do_resize=False, do_center_crop=False)
+    expected = processor(list(frames.numpy()), return_tensors="pt")["pixel_values"][0].transpose(0, 1)
+    ours = standardise(frames.permute(3, 0, 1, 2).float(), sta_cli.load(folder).preprocessing)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_nonsense_rescale_factor_is_refused(tmp_path, hub_folder):
+    folder = tmp_path / "rescale"
+    shutil.copytree(hub_folder, folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"rescale_factor": -1}))
+    with pytest.raises(StaError, match="rescale_factor -1 is not a positive number"):
+        sta_cli.load(folder)
+
+
 def test_a_default_the_weights_contradict_is_called_a_default(tmp_path, hub_folder):
     folder = tmp_path / "nolabels"
     shutil.copytree(hub_folder, folder)

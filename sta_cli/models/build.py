@@ -15,6 +15,7 @@ does not fit its weights fails before anything is allocated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,7 +418,7 @@ def _preprocessing(
         "frame_stride": stride,
         "short_side": short_side,
         "crop_size": image_size,  # the config's, or --image-size when given
-        "value_range": 1.0,
+        "value_range": _value_range(pre, prov, what),
     }
     for name, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         given = getattr(arch, name)
@@ -432,6 +433,22 @@ def _preprocessing(
         out[name] = list(ArchOverrides.parse(**{name: value}).given()[name])
         prov.set(name, tuple(out[name]), origin, why)
     return out
+
+
+def _value_range(pre: dict, prov: Provenance, what: str) -> float:
+    """The largest input pixel value before mean/std: transformers' processor multiplies 0..255 pixels
+    by rescale_factor (1/255 by default) when do_rescale, and feeds them as they are when not."""
+    if pre.get("do_rescale") is False:
+        value, why = 255.0, "do_rescale false"
+    elif "rescale_factor" in pre:
+        factor = pre["rescale_factor"]
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise StaError(f"{what}: its preprocessor_config.json's rescale_factor {factor!r} is not a positive number")
+        value, why = 255.0 * factor, f"rescale_factor {factor:g}"
+    else:
+        return 1.0
+    prov.set("value_range", value, CONFIG, why)
+    return value
 
 
 def _overridden(pre: dict, cfg, arch: ArchOverrides) -> dict:
