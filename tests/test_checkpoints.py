@@ -650,6 +650,20 @@ def test_config_and_shards_that_would_load_wrong_weights(tmp_path, hf_model, hub
         sta_cli.load(sharded)
 
 
+def test_an_index_that_leaves_out_a_shard_is_refused(tmp_path, hf_model):
+    """A weight_map missing the last shard's keys (the head, here): transformers would leave them
+    random; sta said "no classification head: a pre-training checkpoint?". Now the index is named."""
+    folder = tmp_path / "sharded"
+    hf_model.save_pretrained(folder, max_shard_size="20KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    last = max(index["weight_map"].values())
+    index["weight_map"] = {k: f for k, f in index["weight_map"].items() if f != last}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    total = int(last.split("-of-")[1].split(".")[0])
+    with pytest.raises(StaError, match=f"lists {total - 1} of the {total} shards .*an incomplete index"):
+        sta_cli.load(folder)
+
+
 def test_do_normalize_false_feeds_unnormalised_pixels(tmp_path, hub_folder):
     """transformers' processor with do_normalize false skips mean/std: so does sta (an option still wins)."""
     folder = tmp_path / "raw"

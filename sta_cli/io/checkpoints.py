@@ -37,6 +37,8 @@ WEIGHT_NAMES = (
     "pytorch_model.bin.index.json",
 )
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# transformers' shard names: model-00002-of-00003.safetensors, pytorch_model-00001-of-00002.bin
+_SHARD_TOTAL = re.compile(r"^.*-\d{5}-of-(\d{5})\.\w+$")
 
 
 @dataclass
@@ -90,6 +92,12 @@ def _expand_index(path: Path) -> list[Path]:
     missing = [f.name for f in files if not f.is_file()]
     if missing or not files:
         raise StaError(f"{path} names shards that are missing: {', '.join(missing) or 'none listed'}")
+    totals = {m[1] for m in map(_SHARD_TOTAL.match, shards) if m}  # "-of-00003": 3 shards in all
+    if len(totals) == 1 and len(shards) < (total := int(totals.pop())):
+        # transformers would load the listed shards and leave the rest of the model random
+        raise StaError(
+            f"{path.name} lists {len(shards)} of the {total} shards its file names count: an incomplete index"
+        )
     return files
 
 
