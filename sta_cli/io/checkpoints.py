@@ -59,6 +59,12 @@ class Source:
     def is_artifact(self) -> bool:
         return self.sta is not None
 
+    @property
+    def weights_label(self) -> str:
+        """The weights file's name, or the first shard's and how many follow (for messages)."""
+        more = len(self.weights) - 1
+        return self.weights[0].name + (f" and {more} more shards" if more else "")
+
 
 def _read_json(path: Path) -> dict:
     try:

@@ -482,7 +482,7 @@ def _build(
 ) -> Built:
     """The model with its weights and STA setting, its labels and preprocessing."""
     config = source.config or {}
-    what = f"{source.spec} ({', '.join(p.name for p in source.weights)})"
+    what = f"{source.spec} ({source.weights_label})"
     weights = family.read_weights(raw, family.module.checkpoint_filter_fn(raw), arch, what)
     fields = family.read_fields(source, config, weights.shapes, arch, prov, what)
     for k in family.inputs:

@@ -178,7 +178,7 @@ def _plan(spec, r1, out, force, revision, token, arch, log: Log, sta_options: di
     if r1 is not None or base is not None:  # known before the weights are read: check OUT now
         sta = sta_config(base, r1, **sta_options)
         out = _checked_out(out, source, sta, force)
-    log(f"loading weights ({', '.join(p.name for p in source.weights)})")
+    log(f"loading weights ({source.weights_label})")
     model = build_from_source(source, STAConfig())
     if sta is None:  # the default depends on the model's token grid
         sta = task_sta(None, model, None, **sta_options)
