@@ -41,10 +41,23 @@ def tiny_swin_config(**overrides):
     return VideoSwinConfig(**{**TINY_SWIN, **overrides})
 
 
+def reference_index(window: tuple[int, int, int]) -> torch.Tensor:
+    """The (vol, vol) relative_position_index torchvision and the original release register, written
+    as they compute it (relative coordinates, shifted non-negative, mixed-radix), not with sta's code."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w) for w in window], indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    for axis, w in enumerate(window):
+        rel[:, :, axis] += w - 1
+    rel[:, :, 0] *= (2 * window[1] - 1) * (2 * window[2] - 1)
+    rel[:, :, 1] *= 2 * window[2] - 1
+    return rel.sum(-1)
+
+
 def write_swin(path: Path, model_or_config, labels: list[str] | None = None, seed: int = 0) -> Path:
     """A Video Swin as users have it on disk: a folder `path` with config.json (sta's layout, with
     `labels` if given) and model.safetensors, or, for a `path` ending in .safetensors, the weights
-    file alone. A VideoSwinConfig gets random weights (seeded); a model is written as it is."""
+    file alone, with the relative_position_index buffers torchvision and the original release save
+    (they tell the window). A VideoSwinConfig gets random weights (seeded); a model is written as it is."""
     from safetensors.torch import save_file
 
     from sta_cli.models.videoswin import VideoSwin
@@ -57,6 +70,9 @@ def write_swin(path: Path, model_or_config, labels: list[str] | None = None, see
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     if path.suffix == ".safetensors":
+        index = reference_index(model.cfg.window_size)
+        for i, depth in enumerate(model.cfg.depths):
+            weights.update({f"layers.{i}.blocks.{j}.attn.relative_position_index": index.clone() for j in range(depth)})
         save_file(weights, path)
         return path
     path.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_swin_config, write_swin
+from conftest import reference_index, tiny_swin_config, write_swin
 from safetensors.torch import load_file, save_file
 
 import sta_cli
@@ -121,8 +121,9 @@ def test_layout_mapping_and_family():
 def test_window_inference():
     assert videoswin.window_from_table(15 * 13 * 13) == (8, 7, 7)
     assert videoswin.window_from_table(31 * 13 * 13) == (16, 7, 7)  # the SSv2 window1677
-    assert videoswin.window_from_table(3 * 5 * 5, volume=2 * 3 * 3) == (2, 3, 3)
-    with pytest.raises(StaError, match="window"):
+    assert videoswin.window_from_table(3 * 5 * 5, reference_index((2, 3, 3))) == (2, 3, 3)
+    assert videoswin.window_from_table(3 * 5 * 5, stated=(2, 3, 3)) == (2, 3, 3)
+    with pytest.raises(StaError, match="no attention window"):
         videoswin.window_from_table(2 * 13 * 13)
 
 
@@ -572,11 +573,45 @@ def test_onnx_tensors_stay_near_the_weights(tmp_path):
 
 
 def test_an_ambiguous_bias_table_is_refused_not_guessed():
-    """225 rows fit windows (1, 8, 8), (5, 3, 3) and (13, 2, 2): without the volume (a
-    relative_position_index buffer) sta refuses instead of running the widest one."""
+    """225 rows fit windows (1, 8, 8), (5, 3, 3), (13, 2, 2) and 33 more: without a
+    relative_position_index buffer or a config, sta refuses instead of running one of them."""
     from sta_cli.models.videoswin import window_from_table
 
     assert window_from_table(2535) == (8, 7, 7) and window_from_table(5239) == (16, 7, 7)
-    assert window_from_table(225, volume=45) == (5, 3, 3)
-    with pytest.raises(StaError, match="fits the attention windows 1x8x8, 5x3x3, 13x2x2"):
+    assert window_from_table(225, reference_index((5, 3, 3))) == (5, 3, 3)
+    with pytest.raises(StaError, match="fits the attention windows 1x8x8, 5x3x3, 13x2x2, .* and 30 more"):
         window_from_table(225)
+    with pytest.raises(StaError, match=r"the config says window_size \[2, 2, 3\], but a 45-row .* fit 2x3x2"):
+        window_from_table(45, reference_index((2, 3, 2)), stated=(2, 2, 3))
+
+
+@pytest.mark.parametrize("window", [(2, 2, 3), (2, 3, 2), (1, 8, 8)])
+def test_the_window_is_read_from_the_index_buffer(tmp_path, clip, window):
+    """Windows with unequal sides fit the same table as their permutations ((2, 2, 3) was built as
+    (3, 2, 2): logits 0.7 off, exit 0); the buffer says which. (1, 8, 8) is ambiguous without the
+    buffer: the artifact, which does not keep it, says it in its config.json and loads again."""
+    torch.manual_seed(0)
+    truth = VideoSwin(tiny_swin_config(depths=(1, 1, 1, 1), num_frames=8, window_size=window)).eval()
+    write_swin(tmp_path / "swin.safetensors", truth)  # with the buffers
+    arch = dict(image_size=TINY.image_size, num_frames=8, mean="0.5,0.5,0.5", std="0.2,0.2,0.2")
+    model = sta_cli.load(tmp_path / "swin.safetensors", **arch)
+    assert model.cfg.window_size == window
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), truth(clip), atol=1e-6, rtol=1e-6)
+    sta_cli.prune(tmp_path / "swin.safetensors", r1=0, out=tmp_path / "art", **arch)
+    assert sta_cli.load(tmp_path / "art").cfg.window_size == window
+
+
+def test_wrapper_prefixes_and_damaged_torchvision_files(tmp_path):
+    """Keys saved from a DDP- or torch.compile-wrapped model ("module.", "_orig_mod.") load as the
+    model; a torchvision file without its patch norm or qkv biases (torchvision always has both) is
+    refused, not run as another architecture."""
+    tv = load_file(FIXTURES / "grid_torchvision.safetensors")
+    io = fixture_io("grid")
+    save_file({f"module._orig_mod.{k}": v for k, v in tv.items()}, tmp_path / "ddp.safetensors")
+    with torch.no_grad():
+        logits = sta_cli.load(tmp_path / "ddp.safetensors", **FIXTURE_ARCH)(io["input"])
+    torch.testing.assert_close(logits, io["logits"], atol=1e-5, rtol=1e-5)
+    save_file({k: v for k, v in tv.items() if not k.startswith("patch_embed.norm")}, tmp_path / "nonorm.safetensors")
+    with pytest.raises(StaError, match="a torchvision Video Swin without patch_norm weights"):
+        sta_cli.load(tmp_path / "nonorm.safetensors", **FIXTURE_ARCH)

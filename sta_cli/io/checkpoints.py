@@ -413,6 +413,19 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
             more = f" and {len(twice) - 1} more" if len(twice) > 1 else ""
             raise StaError(f"{f.name} holds {twice[0]}{more} again, which an earlier weights file already holds")
         sd.update(part)
+    return without_wrapper_prefix(sd)
+
+
+# What a wrapper puts before every key of the network it wraps: (Distributed)DataParallel,
+# torch.compile, and a training module holding the network as `.model` (Lightning and the like).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def without_wrapper_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with wrapper prefixes that every key carries removed (`module._orig_mod.x` -> `x`).
+    No layout sta reads starts all its keys with one of them."""
+    while sd and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)):
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 

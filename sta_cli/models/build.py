@@ -110,8 +110,9 @@ class Family:
 
     module: the model file (its `checkpoint_filter_fn` maps foreign key layouts into ours).
     config, model: its frozen config dataclass and its PrunedClassifier.
-    read_weights(raw, filtered, arch, what) -> Weights: what the weights fix, after the family's
-        own checks of them (raw: the state dict as read, filtered: in our layout).
+    read_weights(raw, filtered, config, arch, what) -> Weights: what the weights fix, after the
+        family's own checks of them (raw: the state dict as read, filtered: in our layout; config:
+        for what the weights leave open, e.g. which of several windows a Swin bias table fits).
     read_fields(source, config, shapes, arch, prov, what) -> the config's fields, from sta's or
         transformers' config (checked against the weights) or from the weights and released values.
     check_input(cfg, weights, what): the family's check of the final config against the weights, or None.
@@ -125,7 +126,7 @@ class Family:
     module: ModuleType
     config: type
     model: type
-    read_weights: Callable[[dict, dict, ArchOverrides, str], Weights]
+    read_weights: Callable[[dict, dict, dict, ArchOverrides, str], Weights]
     read_fields: Callable[..., dict]
     check_input: Callable[..., None] | None
     key_prefixes: tuple[str, ...]
@@ -195,7 +196,7 @@ _HF_NAMES = {
 }
 
 
-def _videomae_weights(raw: dict, sd: dict, arch: ArchOverrides, what: str) -> Weights:
+def _videomae_weights(raw: dict, sd: dict, config: dict, arch: ArchOverrides, what: str) -> Weights:
     if "head.weight" not in sd and "blocks.0.norm1.weight" in sd:
         raise StaError(f"{what} has no classification head: a pre-training checkpoint? use a fine-tuned one")
     if any(k.endswith(".attn.scale") for k in sd):
@@ -280,9 +281,21 @@ _SWIN_SHAPE_NAMES = {
 }
 
 
-def _videoswin_weights(raw: dict, sd: dict, arch: ArchOverrides, what: str) -> Weights:
-    # The window volume is read from the relative_position_index buffers, which the filter drops.
-    shapes = videoswin.shapes_from_state_dict(sd, videoswin.window_hint(raw))
+def _videoswin_weights(raw: dict, sd: dict, config: dict, arch: ArchOverrides, what: str) -> Weights:
+    # The window: from the relative_position_index buffers (which the filter drops), else sta's config.
+    model = config.get("model") if "architecture" in config else None
+    stated = model.get("window_size") if isinstance(model, dict) else None
+    stated = tuple(stated) if isinstance(stated, list) else None  # not a list: VideoSwinConfig says so later
+    try:
+        shapes = videoswin.shapes_from_state_dict(sd, videoswin.index_buffer(raw), stated)
+    except StaError as e:
+        raise StaError(f"{what}: {e}") from None
+    absent = [name for name in ("patch_norm", "qkv_bias") if not shapes[name]]
+    if absent and any(k.startswith("features.") for k in raw):
+        # torchvision's SwinTransformer3d always has both: without them the file is damaged, not another model
+        raise StaError(
+            f"{what}: a torchvision Video Swin without {' and '.join(absent)} weights (torchvision has them)"
+        )
     if arch.num_heads is not None:
         raise StaError(
             f"--num-heads does not apply to Video Swin: its head counts {list(shapes['num_heads'])} are in its weights"
@@ -483,7 +496,7 @@ def _build(
     """The model with its weights and STA setting, its labels and preprocessing."""
     config = source.config or {}
     what = f"{source.spec} ({source.weights_label})"
-    weights = family.read_weights(raw, family.module.checkpoint_filter_fn(raw), arch, what)
+    weights = family.read_weights(raw, family.module.checkpoint_filter_fn(raw), config, arch, what)
     fields = family.read_fields(source, config, weights.shapes, arch, prov, what)
     for k in family.inputs:
         if getattr(arch, k) is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -655,42 +656,82 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def window_from_table(rows: int, volume: int | None = None) -> tuple[int, int, int]:
-    """Window (wt, wh, wh) whose bias table has `rows` rows ((2wt-1)(2wh-1)^2), and `volume` tokens if known.
+# The windows of the released checkpoints (Kinetics; Something-Something v2).
+RELEASED_WINDOWS = ((8, 7, 7), (16, 7, 7))
 
-    Without the volume, the table must fit one window with a spatial side of 2 or more (2535 rows ->
-    (8, 7, 7); a 1 x 1 spatial window fits every odd count). Several fits (225 rows: (1, 8, 8) or
-    (5, 3, 3)) are an error rather than a guess: a wrong window runs, with wrong logits.
+
+def table_windows(rows: int, index: torch.Tensor | None = None) -> list[tuple[int, int, int]]:
+    """Every window (wt, wh, ww) whose bias table has `rows` rows ((2wt-1)(2wh-1)(2ww-1)) and, when
+    the checkpoint carries its `relative_position_index` buffer, whose index table is that buffer."""
+    fits = sorted(
+        ((a + 1) // 2, (b + 1) // 2, (rows // a // b + 1) // 2)
+        for a in range(1, rows + 1, 2)
+        if rows % a == 0
+        for b in range(1, rows // a + 1, 2)
+        if (rows // a) % b == 0 and (rows // a // b) % 2 == 1
+    )
+    fits.sort(key=lambda w: w[1] != w[2])  # square-sided windows first, as every released one is
+    if index is None:
+        return fits
+    return [w for w in fits if index.numel() == math.prod(w) ** 2 and _index_is(w, index)]
+
+
+def _index_is(window: tuple[int, int, int], index: torch.Tensor) -> bool:
+    code, offset = position_code(window)  # the references' index: code[i] - code[j] + offset
+    return torch.equal(index.reshape(len(code), len(code)).long(), code[:, None] - code[None, :] + offset)
+
+
+def window_from_table(
+    rows: int, index: torch.Tensor | None = None, stated: tuple[int, int, int] | None = None
+) -> tuple[int, int, int]:
+    """The attention window of a bias table with `rows` rows.
+
+    A `relative_position_index` buffer (torchvision and the original release save one per block)
+    fixes it, up to where a side of 1 sits. A config's `stated` window must be one of those the
+    table fits. Without buffer or config the table must fit one window only, or one released window
+    (8x7x7, 16x7x7): 2535 rows also fit 7x8x7 or 1x20x33, which no one trains. Several fits (225
+    rows: 1x8x8, 5x3x3, 13x2x2, ...) are an error rather than a guess: a wrong window runs, with
+    wrong logits.
     """
-    fits = []
-    for wh in range(64, 0, -1):
-        side = (2 * wh - 1) ** 2
-        if rows % side == 0 and (rows // side) % 2 == 1:
-            fits.append(((rows // side + 1) // 2, wh, wh))
-    if volume is not None:
-        fits = [w for w in fits if w[0] * w[1] * w[2] == volume]
-    elif len(fits) > 1:
-        fits = [w for w in fits if w[1] > 1]
+    fits = table_windows(rows, index)
+    source = f"a {rows}-row bias table" + (" and its relative_position_index" if index is not None else "")
+    fit = "fit" if index is not None else "fits"
+    if stated is not None:
+        if tuple(stated) in fits:
+            return tuple(stated)
+        raise StaError(f"the config says window_size {list(stated)}, but {source} {fit} {_windows(fits)}")
     if len(fits) == 1:
         return fits[0]
-    if len(fits) > 1:
-        raise StaError(
-            f"a relative position table of {rows} rows fits the attention windows "
-            f"{', '.join('x'.join(map(str, w)) for w in fits)}, and the checkpoint does not say which (it has no "
-            "relative_position_index buffer, which torchvision and the original release save)"
-        )
-    raise StaError(f"cannot infer the attention window from a relative position table of {rows} rows")
+    # A buffer leaves only windows that differ in where a side of 1 sits (1x8x8, 8x1x8 and 8x8x1 share
+    # one index): the square-sided one, as every released window is. Without it, a released window.
+    likely = [w for w in fits if (w[1] == w[2] if index is not None else w in RELEASED_WINDOWS)]
+    if len(likely) == 1:
+        return likely[0]
+    if not fits:
+        raise StaError(f"{source} {fit} no attention window")
+    unsaid = (
+        ""
+        if index is not None
+        else " (it has no relative_position_index buffer, which torchvision and the original release save)"
+    )
+    raise StaError(
+        f"{source} {fit} the attention windows {_windows(fits)}, and the checkpoint does not say which{unsaid}"
+    )
 
 
-def window_hint(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """The window volume, from a `relative_position_index` buffer if the checkpoint carries one."""
-    for key, t in state_dict.items():
-        if key.endswith("relative_position_index"):
-            return t.shape[0]
-    return None
+def _windows(fits: list[tuple[int, int, int]]) -> str:
+    names = ["x".join(map(str, w)) for w in fits[:6]]
+    return (", ".join(names) + (f" and {len(fits) - 6} more" if len(fits) > 6 else "")) or "no window"
 
 
-def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = None) -> dict:
+def index_buffer(state_dict: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """A block's `relative_position_index` buffer, if the checkpoint carries them (they all agree)."""
+    return next((t for key, t in state_dict.items() if key.endswith("relative_position_index")), None)
+
+
+def shapes_from_state_dict(
+    sd: dict[str, torch.Tensor], index: torch.Tensor | None = None, stated_window: tuple | None = None
+) -> dict:
     """What the weights (our layout) fix: everything but the input size (frames, pixels)."""
     try:
         w = sd["patch_embed.proj.weight"]  # (D, C, pt, ph, pw)
@@ -699,7 +740,9 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
             for i in range(4)
         )
         if 0 in depths:
-            raise KeyError(f"layers.{depths.index(0)}.blocks.0.*")
+            if depths.index(0) > 0:
+                raise StaError(f"a {depths.index(0)}-stage Video Swin: sta implements the 4-stage architecture")
+            raise KeyError("layers.0.blocks.0.*")
         heads = tuple(sd[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(4))
         rows = sd["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
         mlp_ratio = sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / w.shape[0]
@@ -712,7 +755,7 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
         embed_dim=w.shape[0],
         depths=depths,
         num_heads=heads,
-        window_size=window_from_table(rows, volume),
+        window_size=window_from_table(rows, index, stated_window),
         patch_size=tuple(w.shape[2:]),
         mlp_ratio=mlp_ratio,
         num_classes=num_classes,
@@ -725,5 +768,6 @@ def shapes_from_state_dict(sd: dict[str, torch.Tensor], volume: int | None = Non
 def released(shapes: dict) -> str | None:
     """Name of the released architecture these weights have, if any."""
     standard = shapes["patch_size"] == (2, 4, 4) and shapes["mlp_ratio"] == 4 and shapes["in_chans"] == 3
+    standard = standard and shapes["patch_norm"] and shapes["qkv_bias"]
     heads = tuple(shapes["embed_dim"] // 32 * 2**i for i in range(4))  # 32 channels per head
     return RELEASED.get((shapes["embed_dim"], shapes["depths"])) if standard and shapes["num_heads"] == heads else None
