@@ -303,3 +303,17 @@ def test_the_unpruned_export_is_kept_beside_the_artifact_and_reused(tmp_path):
     sta_cli.load(tmp_path / "art")  # the manifest records the new file: the artifact still verifies
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert kept[0] in manifest["files"]
+
+
+def test_a_fixed_batch_graph_is_compared_at_its_batch(tmp_path):
+    """A graph exported with --fixed-batch 2 is timed at batch 2: so is the unpruned one beside it (it
+    was timed at batch 1 next to it)."""
+    from conftest import run_cli
+
+    from sta_cli.tasks.profile import profile
+
+    assert run_cli("prune", "--model", "demo", "-o", "art", cwd=tmp_path).exit_code == 0
+    assert run_cli("export", "art", "-f", "onnx", "--fixed-batch", 2, cwd=tmp_path).exit_code == 0
+    report = profile(model=tmp_path / "art", runs=1)
+    assert report.onnx.matches == "pruned" and report.onnx.timing.batch == 2
+    assert report.unpruned.onnxruntime.batch == 2

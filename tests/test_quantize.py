@@ -154,3 +154,44 @@ def test_external_weights_quantise_without_leftovers(tmp_path):
     assert np.corrcoef(y.ravel(), (x @ w).ravel())[0, 1] > 0.99
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data"]
+
+
+def test_profile_times_only_the_int8_graph_sta_recorded_for_this_model(demo_int8, tmp_path):
+    """Beside a float graph of other settings the int8 graph is not timed (it was, under the pruned
+    column of another r1); a swapped int8 file is a checksum error, and an unrecorded file where
+    the unpruned export would be cached is not timed as the unpruned model."""
+    import shutil
+
+    from sta_cli.errors import StaError
+    from sta_cli.tasks.profile import profile
+    from sta_cli.tasks.profile_onnx import unpruned_cache_path
+
+    folder, _ = demo_int8
+    report = profile(model=folder, r1=4, runs=1)
+    assert report.onnx.matches is None and report.onnx_int8 is None and report.pruned.onnxruntime_int8 is None
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folder, swapped)
+    shutil.copy(swapped / "model.onnx", swapped / "model.int8.onnx")
+    with pytest.raises(StaError, match="model.int8.onnx does not match the checksum"):
+        profile(model=swapped, runs=1)
+    planted = tmp_path / "planted"
+    shutil.copytree(folder, planted, ignore=shutil.ignore_patterns("unpruned-*"))
+    manifest = json.loads((planted / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("unpruned-")}
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(planted / "model.onnx", unpruned_cache_path(planted / "model.onnx", 18))  # the pruned graph
+    report = profile(model=planted, runs=1)
+    assert report.onnx.matches == "pruned" and report.unpruned.onnxruntime is None
+
+
+def test_a_demo_artifact_validates_on_the_demo_sample_clip(demo_int8):
+    """An artifact pruned from the demo is named after its folder; it is still the demo's model and
+    validates on the demo's sample clip (it took the synthetic one, which int8 may misread)."""
+    import torch
+
+    import sta_cli
+    from sta_cli.tasks.export import validation_cases
+
+    folder, _ = demo_int8
+    first = validation_cases(sta_cli.load(folder), None, torch.float32, None)[0]
+    assert first.label.startswith("clip ") and first.label.split(" (")[0].endswith("sample.mp4")

@@ -387,3 +387,36 @@ def test_every_json_file_is_strict_and_follows_the_umask(place):
         if p.suffix == ".json":
             strict(p.read_text())
         assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+
+
+def test_sta_folders_that_lost_their_manifest_or_hold_a_users_model_file(place, tmp_path):
+    """An artifact without manifest.json (sta >= 0.2 always writes one) is refused: every check rested
+    on it. A model file sta did not record is never replaced, even with --force (it was)."""
+    import sta_cli
+    from sta_cli.errors import StaError
+
+    shutil.copytree(place / "art", tmp_path / "nomanifest")
+    (tmp_path / "nomanifest" / "manifest.json").unlink()
+    with pytest.raises(StaError, match="manifest.json is missing"):
+        sta_cli.load(tmp_path / "nomanifest")
+    shutil.copytree(place / "art", tmp_path / "art")
+    (tmp_path / "art" / "model.pt").write_text("my own model\n")
+    r = run_cli("export", "art", "-f", "torchscript", "--force", cwd=tmp_path)
+    assert_one_line_error(r, "holds model.pt, which sta did not write", "even with --force")
+    assert (tmp_path / "art" / "model.pt").read_text() == "my own model\n"
+
+
+def test_an_export_folder_takes_formats_of_its_own_model_only(place, tmp_path):
+    """A second format joins an export folder only for the same weights, labels, preprocessing and
+    settings: a model that differs only in its mean/std was merged in (config.json describing one
+    model, model.pt the other)."""
+    assert (
+        run_cli("prune", "--model", "demo", "--r1", 8, "--mean", "0.4,0.4,0.4", "-o", "m8", cwd=tmp_path).exit_code == 0
+    )
+    assert run_cli("export", place / "art", "-o", "exp", "-f", "onnx", cwd=tmp_path).exit_code == 0
+    r = run_cli("export", "m8", "-o", "exp", "-f", "torchscript", cwd=tmp_path)
+    assert_one_line_error(r, "holds an export of another model")
+    assert not (tmp_path / "exp" / "model.pt").exists()
+    r = run_cli("export", place / "art", "-o", "exp", "-f", "torchscript", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr  # the same model: its second format joins the folder
+    assert {"model.onnx", "model.pt"} <= {p.name for p in (tmp_path / "exp").iterdir()}

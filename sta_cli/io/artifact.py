@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
@@ -95,6 +97,17 @@ def file_record(path: Path) -> dict:
     return {"sha256": digest.hexdigest(), "bytes": Path(path).stat().st_size}
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes, bytes): which weights an export holds,
+    whatever file they came from. A few seconds for ViT-H, once per export."""
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def manifest(folder: Path) -> dict | None:
     return _read_json(Path(folder) / MANIFEST)
 
@@ -110,17 +123,26 @@ def write_manifest(tmp: Path, kind: str, names: list[str], keep: dict | None = N
 
 
 def verify(folder: Path, names: list[str] | None = None) -> None:
-    """Check the files sta recorded in `folder` (or just `names`) against their checksums. Folders
-    without a manifest (written by sta 0.1) have nothing to check."""
+    """Check the files sta recorded in `folder` (or just `names`, where they exist) against their
+    checksums; one of `names` that sta did not record is an error too. Only folders sta 0.1 wrote
+    (format_version 1) have no manifest, and nothing to check."""
     folder = Path(folder)
     record = manifest(folder)
     if record is None:
         if (folder / MANIFEST).exists():
             raise StaError(f"{folder / MANIFEST} is unreadable: the artifact is damaged (re-run sta prune)")
+        if (_read_json(folder / "config.json") or {}).get("format_version", 1) != 1:
+            raise StaError(
+                f"{folder / MANIFEST} is missing: the folder was changed after sta wrote it (re-run sta prune)"
+            )
         return
     files = record.get("files") or {}
     for name in names if names is not None else list(files):
         if name not in files:
+            if os.path.lexists(folder / name):
+                raise StaError(
+                    f"{folder / name} is not a file sta recorded in {folder / MANIFEST}: sta does not read it"
+                )
             continue
         path = folder / name
         if not path.is_file():

@@ -121,7 +121,7 @@ def local_source(path: Path, spec: str) -> Source:
         if kind == artifact.ARTIFACT:
             artifact.check_complete(path)
         if kind is not None:  # what sta wrote is read only if it is what sta wrote
-            artifact.verify(path, [*artifact.ARTIFACT_FILES, "preprocessor_config.json"])
+            artifact.verify(path, list(artifact.ARTIFACT_FILES))
         config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
         pre = path / "preprocessor_config.json"
         sta = path / "sta.json" if kind == artifact.ARTIFACT else None

@@ -218,7 +218,9 @@ def check_out(out: Path, force: bool) -> None:
         raise StaError(f"cannot write to {out}: permission denied")
 
 
-def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force: bool) -> tuple[Path, str]:
+def plan_output(
+    out: Path | None, model: nn.Module, artifact: Path | None, force: bool, digest: str
+) -> tuple[Path, str]:
     """Where the files go and how: ("into", folder) adds files to the model's own artifact, an sta
     export folder of the same model, or an empty folder; ("new", folder) creates the folder (or with
     --force replaces another sta output)."""
@@ -237,16 +239,24 @@ def plan_output(out: Path | None, model: nn.Module, artifact: Path | None, force
         if not force:
             raise StaError(f"{out} is another sta artifact: export it with `sta export {out}`, or choose another -o")
         return out, "new"
-    if _same_export(_read_config(out) or {}, model):
+    outputs.check_records(out, ["config.json", art.MANIFEST])  # a user's records: not sta's folder at all
+    if _same_export(_read_config(out) or {}, model, digest):
         return out, "into"
     if not force:
         raise StaError(f"{out} holds an export of another model or other pruning settings (pass --force to replace it)")
     return out, "new"
 
 
-def _same_export(config: dict, model: nn.Module) -> bool:
+def _same_export(config: dict, model: nn.Module, digest: str) -> bool:
+    """An export folder of this model (architecture, weights, labels, preprocessing) and STA settings:
+    a new format joins its files; anything else is another model, replaced only with --force."""
+    ours = json.loads(json.dumps(model_config(model)))  # as config.json holds it: lists, not tuples
     sta = config.get("sta", {})
-    return config.get("model") == model.cfg.to_dict() and all(sta.get(k) == v for k, v in model.sta.to_dict().items())
+    return (
+        all(config.get(k) == ours[k] for k in ("architecture", "model", "labels", "preprocessing"))
+        and config.get("weights_sha256") == digest
+        and all(sta.get(k) == v for k, v in model.sta.to_dict().items())
+    )
 
 
 def _is_empty_dir(folder: Path) -> bool:
@@ -327,11 +337,12 @@ def export(
     def refuse_files_held(artifact: Path | None) -> None:
         # An artifact exported into itself: refuse the files it already holds before the model build.
         if artifact is not None and (out is None or Path(out).resolve() == artifact.resolve()):
-            outputs.check_files(artifact, output_files(request), force)
+            check_replaceable(artifact, output_files(request), force)
 
     model, artifact = load_source(source, r1, revision, token, sta_options, log, arch, refuse_files_held)
-    folder, mode = plan_output(None if out is None else Path(out), model, artifact, force)
-    job = _job(request, model, dev, folder, str(source))
+    digest = art.weights_digest(model)
+    folder, mode = plan_output(None if out is None else Path(out), model, artifact, force, digest)
+    job = _job(request, model, dev, folder, str(source), digest)
     with _writer(job, mode, force, log) as tmp:
         run = _write_format(job, Path(tmp) / request.filename, log)
         _validate(job, run, Path(tmp) / request.filename, log)
@@ -345,7 +356,17 @@ def output_files(request: ExportRequest) -> list[str]:
     return [name, name + ".data"] + ([INT8_FILE, INT8_FILE + ".data"] if request.quantize else [])
 
 
-def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str) -> _Job:
+def check_replaceable(folder: Path, names: list[str], force: bool) -> None:
+    """Files an export would write into `folder` that exist: replaced only with --force, and only if sta wrote them."""
+    outputs.check_files(folder, names, force)
+    foreign = sorted(set(names) & set(art.foreign_entries(folder)))
+    if foreign:
+        raise StaError(
+            f"{folder} holds {', '.join(foreign)}, which sta did not write: sta never replaces it, even with --force"
+        )
+
+
+def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str, digest: str) -> _Job:
     settings = pruning_settings(model)
     spec = io_spec(model, request.batch, request.dtype)
     report = ExportReport(
@@ -362,7 +383,7 @@ def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Pa
         report.notes.append(
             "fp16 graph: STA's token scores are still computed in float32 (they decide which tokens are kept)"
         )
-    config = {**model_config(model), "format": art.EXPORT, "sta": settings}  # for a new folder
+    config = {**model_config(model), "format": art.EXPORT, "sta": settings, "weights_sha256": digest}  # a new folder
     return _Job(request, model, dev, folder, report, config)
 
 
@@ -376,7 +397,7 @@ def _writer(job: _Job, mode: str, force: bool, log: Log):
 
     if mode != "into":
         return outputs.new_folder(job.folder, force or _is_empty_dir(job.folder), finalize=finalize)
-    outputs.check_files(job.folder, files, force)
+    check_replaceable(job.folder, files, force)
     note = replaced_note(job.folder, job.request.format) if force else None
     if note:
         log(note)

@@ -20,6 +20,7 @@ import torch.nn as nn
 from .. import __version__
 from ..errors import StaError
 from ..flops import FLOPS_LABEL, gflops
+from ..formats.quantize import INT8_FILE
 from ..io.artifact import sta_kind, verify
 from ..io.checkpoints import Source, resolve
 from ..io.video import VideoWarning, parse_views, read_clip, synthetic_clip
@@ -428,16 +429,20 @@ def _time_other_graphs(req: ProfileRequest, report: ProfileReport, path: Path, n
     timed alike for the other column, and an int8 graph beside it timed too."""
     if report.onnx.matches is not None:
         getattr(report, report.onnx.matches).onnxruntime = report.onnx.timing
-    if report.onnx.matches == "pruned" and sta.enabled:
-        # The other column: export the unpruned model (a plain ViT graph, quick to export) and time it alike.
-        log("exporting the unpruned model to ONNX for the comparison")
-        report.unpruned.onnxruntime = time_unpruned_onnx(net, path, x, req.batch, req.runs, req.threads, say)
-        net.set_sta(sta)
-    int8_path = path.parent / "model.int8.onnx"
-    if int8_path.is_file() and sta.enabled:
+    if report.onnx.matches != "pruned" or not sta.enabled:
+        return  # the int8 graph beside it was quantised from the float one: another model too
+    batch = report.onnx.timing.batch  # the float graph's (a fixed-batch graph sets it): the same for all three
+    # The other column: export the unpruned model (a plain ViT graph, quick to export) and time it alike.
+    log("exporting the unpruned model to ONNX for the comparison")
+    report.unpruned.onnxruntime = time_unpruned_onnx(net, path, x, batch, req.runs, req.threads, say)
+    net.set_sta(sta)
+    int8_path = path.parent / INT8_FILE
+    if int8_path.is_file():
+        if sta_kind(path.parent) is not None:
+            verify(path.parent, [int8_path.name, int8_path.name + ".data"])
         log(f"timing ONNX Runtime int8 ({int8_path.name})")
-        report.onnx_int8 = time_int8(int8_path, net, sta, x, req.batch, req.runs, req.threads)
-        report.pruned.onnxruntime_int8 = report.onnx_int8.timing
+        report.onnx_int8 = time_int8(int8_path, net, sta, x, batch, req.runs, req.threads, say)
+        report.pruned.onnxruntime_int8 = report.onnx_int8.timing if report.onnx_int8 else None
 
 
 def _pictures(req: ProfileRequest, report: ProfileReport, source: Source, net, sta, x, ref, log: Log) -> None:

@@ -4,6 +4,7 @@ exporting the unpruned model to compare with (cached beside the artifact's weigh
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,15 +88,27 @@ def time_onnx(
 
 @torch.inference_mode()
 def time_int8(
-    path: Path, model: nn.Module, sta: STAConfig, x: torch.Tensor, batch: int, runs: int | None, threads: int | None
-) -> Int8Report:
+    path: Path,
+    model: nn.Module,
+    sta: STAConfig,
+    x: torch.Tensor,
+    batch: int,
+    runs: int | None,
+    threads: int | None,
+    say: Log,
+) -> Int8Report | None:
     """Time the int8 graph `sta export --quantize int8` wrote beside model.onnx; its logits' cosine
-    with the float32 pruned torch model says how close the quantised model stays."""
+    with the float32 pruned torch model says how close the quantised model stays. None (and a
+    line) when it keeps other token counts than the pruned model: it holds other settings."""
     session = onnx_session(path, threads)
     name, feed, _ = onnx_input(session, x, batch)
-    out = torch.from_numpy(session.run(None, {name: feed})[0]).float()
+    outs = session.run(None, {name: feed})
+    out = torch.from_numpy(outs[0]).float()
     model.set_sta(sta)
     ref = model(torch.from_numpy(feed).to(x.device)).float().cpu()
+    if [o.shape for o in outs[1:]] != [tuple(k.shape) for k in model.kept_positions]:
+        say(f"{path.name} keeps other token counts than r1={sta.r1} here: exported with other settings? not timed")
+        return None
     cosine = (
         torch.nn.functional.cosine_similarity(out, ref, dim=-1).min().item() if out.shape == ref.shape else float("nan")
     )
@@ -124,8 +137,12 @@ def time_unpruned_onnx(
         return None
     model.set_sta(STAConfig())
     cached = unpruned_cache_path(pruned_path, opset)
-    if cached is not None and cached.is_file():
-        verify(cached.parent, [cached.name, cached.name + ".data"])
+    if cached is not None and os.path.lexists(cached):
+        try:
+            verify(cached.parent, [cached.name, cached.name + ".data"])
+        except StaError as e:
+            say(f"{e}; the unpruned ONNX Runtime column stays empty")
+            return None
         say(f"reusing the unpruned export {cached} (made for these weights by an earlier sta profile)")
         return _time_unpruned(cached, x, batch, runs, threads, reused=True)
     cpu_model = model if x.device.type == "cpu" else copy.deepcopy(model).cpu()
