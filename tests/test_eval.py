@@ -371,9 +371,11 @@ def test_bad_dataset_is_refused_before_any_work(tmp_path, tiny_model, videos):
     missing = dataset_with(tmp_path / "m", videos, ["nowhere/a.mp4 1", "nowhere/b.mp4 2"])
     r = runner.invoke(app, ["eval", str(missing), "-m", str(tiny_model), "-o", str(out), "--r1", "2"])
     assert_one_line_error(r, "2 of 12 videos", "do not exist", "nowhere/a.mp4 (list.txt line 11)")
-    unknown = dataset_with(
-        tmp_path / "u", videos, [f"{videos / 'videos' / 'v00.mp4'} jumping", f"{videos / 'videos' / 'v01.mp4'} 8"]
-    )
+    spare = tmp_path / "u"  # other files: a list naming a video twice is refused for that
+    spare.mkdir()
+    for name in ("c0.mp4", "c1.mp4"):
+        shutil.copy(videos / "videos" / "v00.mp4", spare / name)
+    unknown = dataset_with(spare, videos, [f"{spare / 'c0.mp4'} jumping", f"{spare / 'c1.mp4'} 8"])
     r = runner.invoke(app, ["eval", str(unknown), "-m", str(tiny_model), "-o", str(out), "--r1", "2"])
     assert_one_line_error(r, "2 videos", "labels the model does not know", "'8'", "'jumping'", "list.txt line 11")
     r = runner.invoke(app, ["eval", str(videos / "val.txt"), "-m", str(tiny_model), "-o", str(out), "--r1", "9"])
@@ -383,3 +385,165 @@ def test_bad_dataset_is_refused_before_any_work(tmp_path, tiny_model, videos):
     r = runner.invoke(app, ["eval", str(tmp_path / "none.txt"), "-m", str(tiny_model), "-o", str(out)])
     assert_one_line_error(r, "no such dataset")
     assert not out.exists()  # nothing was written
+
+
+def small_list(folder: Path, videos: Path, labels: list[str]) -> Path:
+    """A list of copies of the first len(labels) test videos (copies: tests may change them), labelled `labels`."""
+    (folder / "videos").mkdir(parents=True)
+    for i in range(len(labels)):
+        shutil.copy(videos / "videos" / f"v{i:02d}.mp4", folder / "videos" / f"v{i:02d}.mp4")
+    lst = folder / "val.txt"
+    lst.write_text("".join(f"videos/v{i:02d}.mp4 {label}\n" for i, label in enumerate(labels)))
+    return lst
+
+
+def test_resume_refuses_another_architecture_with_the_same_weights(tmp_path, tiny_model, videos):
+    lst = small_list(tmp_path / "d", videos, ["0", "1"])
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_model, mine)
+    evaluate(lst, mine, [2], workers=0, out=tmp_path / "o")
+    # Other heads, same weights: a config.json edit, or --num-heads (ArchOverrides) over the same folder.
+    from sta_cli.models.overrides import ArchOverrides
+
+    with pytest.raises(StaError, match=r"different evaluation \(differs in: model\)"):
+        evaluate(lst, mine, [2], workers=0, out=tmp_path / "o", arch=ArchOverrides(num_heads=2))
+    config = json.loads((mine / "config.json").read_text())
+    assert config["model"]["num_heads"] == 4
+    config["model"]["num_heads"] = 2
+    (mine / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StaError, match=r"different evaluation \(differs in: model\)"):
+        evaluate(lst, mine, [2], workers=0, out=tmp_path / "o")
+
+
+def test_resume_redoes_replaced_and_failed_videos(tmp_path, tiny_model, videos):
+    kw = dict(r1=[2], batch=2, workers=0)
+    lst = small_list(tmp_path / "d", videos, ["0", "1", "2", "3"])
+    files = tmp_path / "d" / "videos"
+    whole = (files / "v02.mp4").read_bytes()
+    (files / "v02.mp4").write_bytes(whole[:3000])  # still being copied
+    out = tmp_path / "o"
+    first = evaluate(lst, tiny_model, out=out, **kw)
+    assert first["videos"]["failed"] == 1
+    (files / "v02.mp4").write_bytes(whole)  # the copy finished
+    shutil.copy(videos / "videos" / "v05.mp4", files / "v00.mp4")  # other footage under the same name
+    st = (files / "v03.mp4").stat()
+    os.utime(files / "v03.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten, same size
+
+    class Count(Progress):
+        def start(self, total, done):
+            self.already = done
+
+    # Interrupted once the new v00 is written: predictions.jsonl then holds two lines for video 0.
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(lst, tiny_model, out=out, progress=StopAfter(1), **kw)
+    assert [json.loads(ln)["index"] for ln in (out / "predictions.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 0]
+    seen = Count()
+    resumed = evaluate(lst, tiny_model, out=out, progress=seen, **kw)
+    assert seen.already == 2  # v01 and the new v00; the repaired v02 and the touched v03 are redone
+    fresh = evaluate(lst, tiny_model, out=tmp_path / "fresh", **kw)
+    assert resumed["videos"] == {"total": 4, "evaluated": 4, "failed": 0}
+    assert comparable(resumed) | {"output": 0} == comparable(fresh) | {"output": 0}
+    assert (out / "predictions.jsonl").read_bytes() == (tmp_path / "fresh" / "predictions.jsonl").read_bytes()
+
+
+def test_resume_retries_a_video_that_failed_for_a_passing_reason(tmp_path, tiny_model, videos, monkeypatch):
+    from sta_cli.tasks.evaluate import dataset
+
+    lst = small_list(tmp_path / "d", videos, ["0", "1"])
+    decode = dataset.decode_views
+
+    def flaky(path, *args, **kwargs):  # a network file system's hiccup, say: the file itself is fine
+        if path.name == "v01.mp4":
+            raise OSError("Input/output error")
+        return decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "decode_views", flaky)
+    assert evaluate(lst, tiny_model, [2], workers=0, out=tmp_path / "o")["videos"]["failed"] == 1
+    monkeypatch.setattr(dataset, "decode_views", decode)
+    again = evaluate(lst, tiny_model, [2], workers=0, out=tmp_path / "o")
+    assert again["videos"] == {"total": 2, "evaluated": 2, "failed": 0} and again["failed"] == []
+
+
+def test_labels_are_read_one_way_per_dataset(tmp_path, tiny_model, videos):
+    from sta_cli.tasks.evaluate.dataset import map_labels, read_entries
+
+    digits = [str(i + 1) for i in range(len(LABELS))]  # class names that are numbers (UCF101's classInd)
+
+    def classes(labels: list[str], names: list[str]) -> list[int]:
+        lst = tmp_path / "l.txt"
+        lst.write_text("".join(f"{videos / 'videos' / f'v{i:02d}.mp4'} {y}\n" for i, y in enumerate(labels)))
+        return [e.label for e in map_labels(read_entries(lst), names, lst)]
+
+    assert classes(["0", "1", "2", "3"], digits) == [0, 1, 2, 3]  # "0" is no name: indices throughout
+    assert classes(["1", "2", "8"], digits) == [0, 1, 7]  # 8 is no index: names throughout
+    assert classes(["moving_right", "1", "Moving-Down"], LABELS) == [0, 1, 2]  # a mix, each read one way only
+    numbered = tmp_path / "numbered"
+    shutil.copytree(tiny_model, numbered)
+    config = json.loads((numbered / "config.json").read_text())
+    (numbered / "config.json").write_text(json.dumps({**config, "labels": digits}))
+    lst = tmp_path / "amb.txt"
+    lst.write_text("".join(f"{videos / 'videos' / f'v{i:02d}.mp4'} {i + 1}\n" for i in range(3)))
+    r = runner.invoke(app, ["eval", str(lst), "-m", str(numbered), "-o", str(tmp_path / "o"), "--r1", "2"])
+    assert_one_line_error(r, "ambiguous", "'1' (first at amb.txt line 1)", "class 0", "class 1")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_label_that_is_a_digit_but_no_number_is_unknown(tmp_path, tiny_model, videos):
+    # "²" is a digit to str.isdigit() but no number to int(): an unknown label like any other.
+    lst = tmp_path / "sup.txt"
+    lst.write_text(f"{videos / 'videos' / 'v00.mp4'} \u00b2\n")
+    r = runner.invoke(app, ["eval", str(lst), "-m", str(tiny_model), "-o", str(tmp_path / "o"), "--r1", "2"])
+    assert_one_line_error(r, "1 videos", "labels the model does not know", "'\u00b2'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_csv_with_two_label_columns_must_agree(tmp_path, tiny_model, videos):
+    from sta_cli.tasks.evaluate.dataset import map_labels, read_entries
+
+    path = [videos / "videos" / f"v{i:02d}.mp4" for i in range(4)]
+    agree = tmp_path / "agree.csv"
+    agree.write_text("video,label,class_name\n" + "".join(f"{path[i]},{i},{LABELS[i]}\n" for i in range(4)))
+    assert [e.label for e in map_labels(read_entries(agree), LABELS, agree)] == [0, 1, 2, 3]
+    alphabetical = sorted(LABELS)  # the dataset's own class ids, not the model's
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "video,label,class_name\n"
+        + "".join(f"{path[i]},{alphabetical.index(LABELS[i])},{LABELS[i]}\n" for i in range(4))
+    )
+    r = runner.invoke(app, ["eval", str(bad), "-m", str(tiny_model), "-o", str(tmp_path / "o"), "--r1", "2"])
+    assert_one_line_error(r, "two label columns, 'label' and 'class_name'", "bad.csv line 2", "drop one")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_video_listed_twice_is_refused(tmp_path, tiny_model, videos):
+    again = f"{videos}/videos/../videos/v00.mp4 0"  # another spelling of the first video
+    lst = dataset_with(tmp_path / "d", videos, [again])
+    r = runner.invoke(app, ["eval", str(lst), "-m", str(tiny_model), "-o", str(tmp_path / "o"), "--r1", "2"])
+    assert_one_line_error(r, "lists the same video 2 times", "v00.mp4 at list.txt line 1, list.txt line 11")
+    assert not (tmp_path / "o").exists()
+
+
+def assert_refused_with_and_without_force(lst: Path, model: Path, out: Path, *words: str) -> None:
+    before = sorted(p.name for p in out.iterdir())
+    for force in ([], ["--force"]):
+        r = runner.invoke(app, ["eval", str(lst), "-m", str(model), "-o", str(out), "--r1", "2", *force])
+        assert_one_line_error(r, *words)
+        assert "--force to" not in r.stderr  # the advice is what works
+        assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_eval_never_writes_into_an_sta_artifact(tmp_path, tiny_model, videos):
+    pruned = tmp_path / "pruned"
+    r = runner.invoke(app, ["prune", "-m", str(tiny_model), "--r1", "2", "-o", str(pruned)])
+    assert r.exit_code == 0, r.stderr
+    lst = dataset_with(tmp_path / "d", videos, [])
+    assert_refused_with_and_without_force(lst, tiny_model, pruned, "not an sta eval output", "choose another -o")
+
+
+def test_a_broken_run_json_gets_advice_that_works(tmp_path, tiny_model, videos):
+    broken = tmp_path / "broken"  # an eval output whose run.json a hand edit broke
+    broken.mkdir()
+    (broken / "run.json").write_text('{"format": "sta-ev')
+    (broken / "predictions.jsonl").write_text("")
+    lst = dataset_with(tmp_path / "d", videos, [])
+    assert_refused_with_and_without_force(lst, tiny_model, broken, "run.json is unreadable", "remove the folder")

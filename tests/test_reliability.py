@@ -103,6 +103,10 @@ def _build_place(root: Path) -> None:
     for name in ("tampered", "tampered-onnx", "badmanifest", "incomplete"):
         shutil.copytree(root / "art", root / name)
     shutil.copytree(root / "art", root / "artnotes")
+    shutil.copytree(root / "art", root / "nomanifest")
+    (root / "nomanifest" / "manifest.json").unlink()
+    shutil.copytree(root / "art", root / "usermodel")
+    (root / "usermodel" / "model.pt").write_text("my own model\n")
     (root / "artnotes" / "NOTES.txt").write_text("mine\n")
     (root / "deploy").mkdir()  # a user's app with a copy of an export's config.json (sta 0.1 had no manifest)
     config = __import__("json").loads((root / "art" / "config.json").read_text())
@@ -387,23 +391,6 @@ def test_every_json_file_is_strict_and_follows_the_umask(place):
         if p.suffix == ".json":
             strict(p.read_text())
         assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
-
-
-def test_sta_folders_that_lost_their_manifest_or_hold_a_users_model_file(place, tmp_path):
-    """An artifact without manifest.json (sta >= 0.2 always writes one) is refused: every check rested
-    on it. A model file sta did not record is never replaced, even with --force (it was)."""
-    import sta_cli
-    from sta_cli.errors import StaError
-
-    shutil.copytree(place / "art", tmp_path / "nomanifest")
-    (tmp_path / "nomanifest" / "manifest.json").unlink()
-    with pytest.raises(StaError, match="manifest.json is missing"):
-        sta_cli.load(tmp_path / "nomanifest")
-    shutil.copytree(place / "art", tmp_path / "art")
-    (tmp_path / "art" / "model.pt").write_text("my own model\n")
-    r = run_cli("export", "art", "-f", "torchscript", "--force", cwd=tmp_path)
-    assert_one_line_error(r, "holds model.pt, which sta did not write", "even with --force")
-    assert (tmp_path / "art" / "model.pt").read_text() == "my own model\n"
 
 
 def test_an_export_folder_takes_formats_of_its_own_model_only(place, tmp_path):

@@ -130,7 +130,8 @@ Force = Annotated[
     typer.Option(
         "--force",
         help="Discard the results already in OUT and start over (without --force eval resumes them, where prune "
-        "and export refuse an existing output). Like theirs, never replaces a folder sta did not write.",
+        "and export refuse an existing output). Like theirs, never replaces a folder sta did not write; never "
+        "writes into an artifact or export folder.",
     ),
 ]
 

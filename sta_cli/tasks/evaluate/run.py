@@ -35,7 +35,7 @@ from ...runtime.loading import paper_r1, sta_config
 from ...runtime.predict import count_params
 from .dataset import ChunkDataset, Entry, _worker_init, dataset_digest, make_chunks, map_labels, read_entries
 from .dist import Dist
-from .store import PREDICTIONS_FILE, RUN_FORMAT, default_out, prepare_out, read_predictions
+from .store import PREDICTIONS_FILE, RUN_FORMAT, default_out, finished, prepare_out, read_predictions
 from .summary import EvalModel, EvalSummary, SettingRow, ThisRun, finish
 
 # --- options ----------------------------------------------------------------------------------------
@@ -82,8 +82,8 @@ def infer_chunk(
     model: nn.Module, items, configs: list[STAConfig], batch: int, device, timing: dict, precision: str = "fp32"
 ) -> list[dict]:
     """Predictions for one decoded chunk: per video and setting, the top-5 of the mean softmax over its views."""
-    ok = [(i, v) for i, v, _, _ in items if v is not None]
-    records = {i: {"index": i, "error": e} for i, v, e, _ in items if v is None}
+    ok = [(i, v) for i, v, _, _, _ in items if v is not None]
+    records = {i: {"index": i, "error": e} for i, v, e, _, _ in items if v is None}
     if ok:
         x = torch.cat([v for _, v in ok]).to(device, non_blocking=True)
         counts = [v.shape[0] for _, v in ok]
@@ -111,10 +111,11 @@ def infer_chunk(
                 }
         for (i, _), n in zip(ok, counts):
             records[i] = {"index": i, "views": n, "predictions": preds[i]}
-    for i, _, _, warned in items:
+    for i, _, _, warned, file in items:
+        records[i] = {"index": i, "file": file, **records[i]}  # what resuming checks the file against
         if warned:
             records[i]["warnings"] = warned
-    return [records[i] for i, _, _, _ in items]
+    return [records[i] for i, _, _, _, _ in items]
 
 
 @dataclass
@@ -240,7 +241,7 @@ def _prepare(req: EvalRequest, ctx: Dist, held: contextlib.ExitStack) -> _Job:
     def check_out():
         held.enter_context(outputs.exclusive(out_dir))  # until the summary is written
         prepare_out(out_dir, run, req.force)
-        return sorted(read_predictions(out_dir, entries, keys))
+        return sorted(finished(read_predictions(out_dir, entries, keys), entries))
 
     done = set(ctx.rank0(check_out))
     net.to(ctx.device)
@@ -280,6 +281,8 @@ def _run_record(req: EvalRequest, source: Source, net: nn.Module, entries: list[
         "name": source.name,
         "weights": [_weights_identity(p) for p in source.weights],
         "labels": list(net.labels),
+        # the architecture as built: same weights with other heads (config.json, --num-heads) are another model
+        "config": net.cfg.to_dict(),
     }
     return {
         "format": RUN_FORMAT,
@@ -331,7 +334,7 @@ def _append(job: _Job, records: list[dict], writer, progress: Progress) -> int:
     for rec in records:
         i = rec["index"]
         if i in job.done:
-            continue  # a partly finished chunk was recomputed: keep the earlier lines
+            continue  # a partly finished chunk was recomputed: keep the earlier lines of finished videos
         e = job.entries[i]
         line = {"index": i, "path": e.name, "label": e.label, **{k: v for k, v in rec.items() if k != "index"}}
         writer.write(outputs.dumps(line, indent=None) + "\n")

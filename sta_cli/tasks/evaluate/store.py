@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ...errors import StaError
 from ...io import outputs
-from .dataset import Entry
+from ...io.artifact import sta_kind
+from .dataset import Entry, file_identity
 
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE = "run.json", "predictions.jsonl", "summary.json"
 TIMING_FILE = ".timing.json"  # forward time per setting, accumulated over resumed runs
@@ -33,29 +34,48 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [names.get(k, k) for k in names if old.get(k) != new.get(k)]
 
 
-def _is_eval_run(run_file: Path) -> bool:
+def _eval_run_problem(run_file: Path) -> str | None:
+    """Why `run_file` is not an sta eval run.json (None if it is)."""
     try:
-        return json.loads(run_file.read_text()).get("format") == RUN_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        record = json.loads(run_file.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+        return f"not an sta eval record (no format {RUN_FORMAT!r})"
+    return None
+
+
+def _refuse_foreign(out: Path) -> None:
+    """OUT is refused, with or without --force, when sta cannot take it for an eval output: --force
+    would mix eval files into an artifact, and cannot know what wrote a run.json it cannot read."""
+    kind = sta_kind(out)
+    if kind is not None:
+        raise StaError(
+            f"{out} was written by sta prune or sta export ({kind}) and is not an sta eval output; "
+            "eval never writes into it, even with --force: choose another -o"
+        )
+    run_file = out / RUN_FILE
+    problem = _eval_run_problem(run_file) if run_file.is_file() else None
+    if problem:
+        raise StaError(
+            f"{run_file} is {problem}, so sta cannot tell what wrote {out} and leaves it alone, even with "
+            "--force: remove the folder yourself or choose another -o"
+        )
 
 
 def prepare_out(out: Path, run: dict, force: bool) -> None:
     """Create OUT or check that it holds a run of the same evaluation (rank 0 only)."""
     if out.exists() and not out.is_dir():
         raise StaError(f"{out} exists and is not a folder")
+    _refuse_foreign(out)
     run_file = out / RUN_FILE
-    if out.is_dir() and force and any(out.iterdir()) and not _is_eval_run(run_file):
+    if out.is_dir() and force and any(out.iterdir()) and not run_file.is_file():
         outputs.check_folder_target(out, force=True)  # raises: what is there, and that sta leaves it alone
     if out.is_dir() and force:
         for name in (RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TIMING_FILE):
             (out / name).unlink(missing_ok=True)
     elif run_file.is_file():
-        try:
-            old = json.loads(run_file.read_text())
-        except (OSError, ValueError) as e:
-            raise StaError(f"{run_file} is unreadable ({e}); pass --force to start over") from None
-        diff = _differences(old, run)
+        diff = _differences(json.loads(run_file.read_text()), run)  # readable: checked above
         if diff:
             raise StaError(
                 f"{out} holds results of a different evaluation (differs in: {', '.join(diff)}); "
@@ -72,8 +92,9 @@ def prepare_out(out: Path, run: dict, force: bool) -> None:
 
 
 def read_predictions(out: Path, entries: list[Entry], keys: list[str]) -> dict[int, dict]:
-    """Finished videos of an earlier run, by index. A line cut short by an interruption is dropped
-    (and the file rewritten without it, so new lines are appended to whole lines only)."""
+    """Videos of earlier runs, by index; a video redone on resume (see `finished`) has a later line,
+    which wins. A line cut short by an interruption is dropped (and the file rewritten without it,
+    so new lines are appended to whole lines only)."""
     path = out / PREDICTIONS_FILE
     if not path.is_file():
         return {}
@@ -93,6 +114,13 @@ def read_predictions(out: Path, entries: list[Entry], keys: list[str]) -> dict[i
     if dropped:
         write_predictions(out, records)
     return records
+
+
+def finished(records: dict[int, dict], entries: list[Entry]) -> set[int]:
+    """Videos a resumed run skips: read without error from the file that is there now. A video that
+    failed is tried again (it may have been cut short while being copied); a file replaced since its
+    prediction (other size or modification time) is evaluated again."""
+    return {i for i, r in records.items() if "error" not in r and r.get("file") == file_identity(entries[i].path)}
 
 
 def write_predictions(out: Path, records: dict[int, dict]) -> None:

@@ -53,6 +53,7 @@ class EvalModel:
     name: str
     weights: list  # [file name, size in bytes, sha256] per weights file
     labels: list[str]
+    config: dict = field(default_factory=dict)  # the architecture as built (VideoMAEConfig / VideoSwinConfig)
     family: str = ""
     params: int = 0
 
