@@ -407,3 +407,5 @@ def test_an_export_folder_takes_formats_of_its_own_model_only(place, tmp_path):
     r = run_cli("export", place / "art", "-o", "exp", "-f", "torchscript", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr  # the same model: its second format joins the folder
     assert {"model.onnx", "model.pt"} <= {p.name for p in (tmp_path / "exp").iterdir()}
+    r = run_cli("profile", "--model", "exp", "--runs", 1, cwd=tmp_path)  # said "model.pt is not a readable checkpoint"
+    assert_one_line_error(r, "is an sta export folder (exported graphs, no weights)")

@@ -118,6 +118,11 @@ def _folder_name(path: Path) -> str:
 def local_source(path: Path, spec: str) -> Source:
     if path.is_dir():
         kind = artifact.sta_kind(path)
+        if kind == artifact.EXPORT:  # its model.pt is a TorchScript program, not weights
+            raise StaError(
+                f"{path} is an sta export folder (exported graphs, no weights): load the artifact or model "
+                "it was exported from, or time a graph with sta profile --onnx"
+            )
         if kind == artifact.ARTIFACT:
             artifact.check_complete(path)
         if kind is not None:  # what sta wrote is read only if it is what sta wrote
