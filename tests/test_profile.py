@@ -317,3 +317,25 @@ def test_a_fixed_batch_graph_is_compared_at_its_batch(tmp_path):
     report = profile(model=tmp_path / "art", runs=1)
     assert report.onnx.matches == "pruned" and report.onnx.timing.batch == 2
     assert report.unpruned.onnxruntime.batch == 2
+
+
+def test_a_profile_that_loses_the_race_to_cache_the_unpruned_export_reuses_it(tmp_path, monkeypatch):
+    """Two profiles of one artifact at once: the one whose export finds the other's published reuses
+    it (it said "did not export ... pass --force", an option profile does not have)."""
+    from conftest import run_cli
+
+    from sta_cli.errors import StaError
+    from sta_cli.tasks import profile_onnx
+    from sta_cli.tasks.profile import profile
+
+    assert run_cli("prune", "--model", "demo", "-o", "art", cwd=tmp_path).exit_code == 0
+    assert run_cli("export", "art", "-f", "onnx", cwd=tmp_path).exit_code == 0
+    publish = profile_onnx._export_unpruned
+
+    def lose_the_race(model, opset, cached):
+        publish(model, opset, cached)  # the other profile publishes first
+        raise StaError(f"{cached.parent} already holds {cached.name} (pass --force to replace it)")
+
+    monkeypatch.setattr(profile_onnx, "_export_unpruned", lose_the_race)
+    report = profile(model=tmp_path / "art", runs=1)
+    assert report.unpruned.onnxruntime is not None and report.unpruned.onnxruntime.export_reused

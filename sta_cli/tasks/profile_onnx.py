@@ -138,17 +138,13 @@ def time_unpruned_onnx(
     model.set_sta(STAConfig())
     cached = unpruned_cache_path(pruned_path, opset)
     if cached is not None and os.path.lexists(cached):
-        try:
-            verify(cached.parent, [cached.name, cached.name + ".data"])
-        except StaError as e:
-            say(f"{e}; the unpruned ONNX Runtime column stays empty")
-            return None
-        say(f"reusing the unpruned export {cached} (made for these weights by an earlier sta profile)")
-        return _time_unpruned(cached, x, batch, runs, threads, reused=True)
+        return _reuse_unpruned(cached, x, batch, runs, threads, say)
     cpu_model = model if x.device.type == "cpu" else copy.deepcopy(model).cpu()
     try:
         path = _export_unpruned(cpu_model, opset, cached)
     except StaError as e:
+        if cached is not None and os.path.lexists(cached):  # another sta profile published it meanwhile
+            return _reuse_unpruned(cached, x, batch, runs, threads, say)
         say(f"the unpruned model did not export to ONNX ({e}); its ONNX Runtime column stays empty")
         return None
     if cached is not None:
@@ -158,6 +154,16 @@ def time_unpruned_onnx(
         return _time_unpruned(path, x, batch, runs, threads, reused=False)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _reuse_unpruned(cached: Path, x, batch: int, runs: int | None, threads: int | None, say: Log) -> OnnxTiming | None:
+    try:
+        verify(cached.parent, [cached.name, cached.name + ".data"])
+    except StaError as e:
+        say(f"{e}; the unpruned ONNX Runtime column stays empty")
+        return None
+    say(f"reusing the unpruned export {cached} (made for these weights by an earlier sta profile)")
+    return _time_unpruned(cached, x, batch, runs, threads, reused=True)
 
 
 def unpruned_cache_path(pruned_path: Path, opset: int) -> Path | None:
