@@ -18,6 +18,15 @@ from .synthetic import LABELS, NUM_FRAMES, SIZE, make_dataset, render_clip
 DEMO_DIR = ASSETS / "demo"
 
 
+def is_demo_model(model: torch.nn.Module) -> bool:
+    """The packaged demo's architecture and classes, pruned or not, whatever its name (an artifact
+    is named after its folder): its sample clip and held-out clips apply to it."""
+    config = json.loads((DEMO_DIR / "config.json").read_text())
+    if model.card is None or model.card.family != config["architecture"] or list(model.labels) != config["labels"]:
+        return False
+    return model.cfg == type(model.cfg).from_dict(config["model"])  # fields added since take their defaults
+
+
 def sample_info() -> dict:
     """What the packaged sample clip is: {"file": path, "label": class name, "class_index", "seed", ...}."""
     info = json.loads((DEMO_DIR / "sample.json").read_text())

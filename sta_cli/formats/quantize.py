@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -261,16 +260,6 @@ def int8_case_checks(
     return checks, cosine
 
 
-def is_demo(model: nn.Module) -> bool:
-    """The packaged demo's architecture and classes (pruned or not): its held-out clips apply."""
-    from ..demo import DEMO_DIR
-
-    config = json.loads((DEMO_DIR / "config.json").read_text())
-    if model.card.family != config["architecture"] or list(model.labels) != config["labels"]:
-        return False
-    return model.cfg == type(model.cfg).from_dict(config["model"])  # fields added since take their defaults
-
-
 @torch.no_grad()
 def heldout_accuracy(
     run: Callable[[torch.Tensor], list[torch.Tensor]], model: nn.Module, clips: int, batch: int | None
@@ -305,13 +294,15 @@ def validate_int8(
     log,
 ) -> Int8Validation:
     """All int8 checks: the graph's (`extra`), the sample clip's and, for the demo, held-out accuracy."""
+    from ..demo import is_demo_model
+
     checks = list(extra)
     with recording_scores() as record:
         ref = reference(case.x)
     case_checks, cosine = int8_case_checks(case, names, run(case.x), ref, [stage_scores(e) for e in record])
     checks += case_checks
     accuracy = None
-    if accuracy_clips > 0 and is_demo(model):
+    if accuracy_clips > 0 and is_demo_model(model):
         log(f"int8: top-1 on {accuracy_clips} held-out demo clips (int8 + STA vs float32 unpruned)")
         accuracy = heldout_accuracy(run, model, accuracy_clips, batch)
         ok = accuracy.drop <= max_accuracy_drop

@@ -4,8 +4,6 @@ rule, the validation clip, the default output folder."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 from pathlib import Path
 
 import torch
@@ -85,29 +83,13 @@ def task_sta(base: STAConfig | None, model: nn.Module, r1: int | None, **options
 def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch.Tensor, str]:
     """The validation clip: decoded from `clip`, else the demo model's own sample, else the deterministic
     synthetic one (whose plain moving square a model trained on other data need not recognise)."""
-    if clip is None and _is_the_demo(model):
-        from ..demo import sample_path
+    if clip is None and demo_model() is not None:
+        from ..demo import is_demo_model, sample_path
 
-        clip = sample_path()
+        clip = sample_path() if is_demo_model(model) else None
     if clip is not None:
         return load_clip(Path(clip), model.preprocessing), str(clip)
     return synthetic_clip(model.preprocessing), "synthetic"
-
-
-def _is_the_demo(model: nn.Module) -> bool:
-    """The packaged demo: by name, or (an artifact pruned from it is named after its folder) by its
-    architecture and labels, which make the demo's sample clip the one to validate on."""
-    card = model.card
-    if card is None or demo_model() is None:
-        return False
-    demo = _demo_config()
-    same_arch = card.family == demo["architecture"] and model.cfg == type(model.cfg).from_dict(demo["model"])
-    return card.source_name == "demo" or (same_arch and card.labels == demo["labels"])
-
-
-@functools.cache
-def _demo_config() -> dict:
-    return json.loads((ALIASES["demo"].path / "config.json").read_text())
 
 
 def default_output(source_name: str, r1: int) -> Path:
