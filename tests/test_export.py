@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,6 +368,10 @@ def test_atol_miss_fails_and_writes_nothing(monkeypatch, workdir, artifact):
     report = json.loads(r.stdout)
     assert report["ok"] and report["validation"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
     assert sorted(p.name for p in (workdir / "ts-out").iterdir()) == ["config.json", "manifest.json", "model.pt"]
+    entry = json.loads((workdir / "ts-out" / "config.json").read_text())["exports"]["torchscript"]
+    assert entry["atol"] == 1e-4 and entry["mismatches_allowed"][0].startswith("values not close")
+    r = run_cli("export", artifact.name, "-f", "torchscript", "-o", "ts-2", "--allow-mismatch", cwd=workdir)
+    assert re.search(r"The export succeeded with \d mismatch\(es\) kept by --allow-mismatch, model saved", r.stdout)
 
 
 def test_kept_token_mismatch_always_fails(monkeypatch, workdir, artifact):

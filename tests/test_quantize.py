@@ -42,7 +42,9 @@ def test_quantised_demo_graph_validates(demo_int8):
     assert acc["clips"] == 64 and acc["drop"] <= q.DEFAULT_MAX_ACCURACY_DROP
     assert acc["drop"] == pytest.approx(acc["float32_unpruned"] - acc["int8_sta"], abs=0.02)
     messages = [c["message"] for c in checks]
-    assert any(m.startswith("kept-set overlap with float32 PyTorch (stage 1:") for m in messages)
+    assert any(
+        m.startswith("kept positions ") and "; kept-set overlap with float32 PyTorch: stage 1:" in m for m in messages
+    )
     assert any(m.startswith("top-1 identical to float32 PyTorch") for m in messages)
     assert any(m.startswith("held-out top-1 on 64 demo clips: int8 + STA") for m in messages)
     config = json.loads((folder / "config.json").read_text())

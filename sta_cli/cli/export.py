@@ -185,7 +185,10 @@ def print_files(report: ExportReport) -> None:
     if isinstance(v, SkippedValidation):
         head = "Validation skipped (--no-validate)"
     elif failed:
-        head = f"The export succeeded with {len(failed)} warning(s)"
+        allowed = sum(x.kind == "mismatch" for x in failed)
+        kept = f"{allowed} mismatch(es) kept by --allow-mismatch" if allowed else ""
+        warned = f"{len(failed) - allowed} warning(s)" if len(failed) > allowed else ""
+        head = f"The export succeeded with {' and '.join(filter(None, [kept, warned]))}"
     else:
         head = "All good"
     c.out.print(f"{head}, model saved at: {files.model}", markup=False)

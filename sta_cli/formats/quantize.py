@@ -30,7 +30,18 @@ import torch.nn.functional as F
 
 from ..errors import StaError
 from ..runtime import ort
-from .validate import TIE_TOL, Case, Check, StageScores, _set_overlap, near_tie_check, recording_scores, stage_scores
+from .validate import (
+    TIE_TOL,
+    Case,
+    Check,
+    Rerun,
+    StageScores,
+    _set_overlap,
+    forced_reference,
+    near_tie_check,
+    recording_scores,
+    stage_scores,
+)
 
 INT8_FILE = "model.int8.onnx"
 QUANTIZE_CHOICES = ("int8",)
@@ -222,9 +233,15 @@ class Int8Export:
 
 
 def int8_case_checks(
-    case: Case, names: list[str], ours: list[torch.Tensor], ref: list[torch.Tensor], scores: list[StageScores]
+    case: Case,
+    names: list[str],
+    ours: list[torch.Tensor],
+    ref: list[torch.Tensor],
+    scores: list[StageScores],
+    rerun: Rerun | None = None,
 ) -> tuple[list[Check], float | None]:
-    """Shapes, kept positions (overlap reported, near-tie rule at int8's tolerance), top-1, logit cosine."""
+    """Shapes, kept positions (near-tie rule at int8's tolerance, stage by stage; overlap reported), top-1,
+    logit cosine."""
     checks = [
         Check(
             f"{n}: {tuple(o.shape)} {'matches' if o.shape == r.shape else 'does not match'} {tuple(r.shape)}",
@@ -241,8 +258,10 @@ def int8_case_checks(
         overlap = ", ".join(
             f"stage {s + 1}: {100 * _set_overlap(o, r):.1f}%" for s, (o, r) in enumerate(zip(kept_o, kept_r))
         )
-        checks.append(Check(f"kept-set overlap with float32 PyTorch ({overlap})", True, "error", case.label))
-        checks += [replace(c, case=case.label) for c in near_tie_check(kept_o, kept_r, scores, TIE_TOL["int8"])]
+        checks += [
+            replace(c, case=case.label, message=f"{c.message}; kept-set overlap with float32 PyTorch: {overlap}")
+            for c in near_tie_check(kept_o, kept_r, scores, TIE_TOL["int8"], rerun)
+        ]
     logits_o, logits_r = ours[0].float().cpu(), ref[0].float().cpu()
     same = torch.equal(logits_o.argmax(-1), logits_r.argmax(-1))
     checks.append(
@@ -299,7 +318,8 @@ def validate_int8(
     checks = list(extra)
     with recording_scores() as record:
         ref = reference(case.x)
-    case_checks, cosine = int8_case_checks(case, names, run(case.x), ref, [stage_scores(e) for e in record])
+    rerun = forced_reference(reference, case, log)
+    case_checks, cosine = int8_case_checks(case, names, run(case.x), ref, [stage_scores(e) for e in record], rerun)
     checks += case_checks
     accuracy = None
     if accuracy_clips > 0 and is_demo_model(model):

@@ -5,15 +5,15 @@ Three kinds of failure:
             breaks the contract (forbidden ops, non-static token counts): the export is wrong,
             always fatal.
   mismatch  logits beyond atol, different top-1: fatal unless --allow-mismatch.
-  warning   reported only: kept positions after a stage that already swapped near-tied tokens
-            (the later stages saw other tokens than PyTorch's, so PyTorch's scores cannot judge them).
+  warning   reported only (e.g. a graph's own notes).
 
 Kept positions. Two correct implementations may order two tokens whose scores are equal to float
 precision either way (and a reduced-precision graph moves the scores a little more), so a
 difference is accepted when PyTorch's own scores show it is a near tie: in every group the graph
 kept tokens that are the lowest-scored within a tolerance of the group's score scale, in PyTorch's
 order up to tied neighbours. A wrong k, a broken gather or a different score is not a near tie and
-fails. The scores come from the reference run (`pruning.sta.score_record`); see `near_tie_check`.
+fails. The scores come from the reference run (`pruning.sta.score_record`); after a near tie, a
+later stage is judged against PyTorch run on the graph's tokens up to it; see `near_tie_check`.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def compare_case(
     atol: float,
     scores: list[StageScores],
     tie_tol: float,
-    rerun: Callable[[list[torch.Tensor]], list[torch.Tensor] | None] | None = None,
+    rerun: Rerun | None = None,
 ) -> tuple[list[Check], float]:
     """Checks of one case. Where the graph kept other tokens than PyTorch, and only by near ties,
     `rerun(kept)` runs PyTorch on the graph's kept tokens: their logits are held to `atol`."""
@@ -131,14 +131,14 @@ def compare_case(
     kept_o, kept_r = [o.long().cpu() for o in ours[1:]], [r.long().cpu() for r in ref[1:]]
     logits_r, note = ref[0], ""
     if kept_o:
-        kept = [replace(c, case=case.label) for c in near_tie_check(kept_o, kept_r, scores, tie_tol)]
+        kept = [replace(c, case=case.label) for c in near_tie_check(kept_o, kept_r, scores, tie_tol, rerun)]
         checks += kept
         differ = not all(torch.equal(o, r) for o, r in zip(kept_o, kept_r))
         forced = (
             rerun(kept_o) if differ and rerun is not None and all(c.ok for c in kept if c.kind == "error") else None
         )
         if forced is not None:
-            logits_r, note = forced[0], "; PyTorch run on the graph's kept tokens"
+            logits_r, note = forced[0][0], "; PyTorch run on the graph's kept tokens"
     return checks + logit_checks(case, ours[0], logits_r, atol, note), _max_abs(ours[0].cpu(), logits_r.cpu())
 
 
@@ -172,7 +172,7 @@ def forcing_kept(kept: list[torch.Tensor]):
 def _set_overlap(o: torch.Tensor, r: torch.Tensor) -> float:
     """Fraction of the reference's kept tokens the exported model also kept (order ignored)."""
     o, r = o.long().cpu(), r.long().cpu()
-    return (o[:, :, None] == r[:, None, :]).any(-1).float().mean().item()
+    return (r[:, :, None] == o[:, None, :]).any(-1).float().mean().item()
 
 
 # --- near ties --------------------------------------------------------------------------------
@@ -270,6 +270,8 @@ def _group_problem(
 def judge_stage(ours: torch.Tensor, ref: torch.Tensor, sc: StageScores, b: int, tie_tol: float) -> StageVerdict:
     """Is the graph's kept list (K,) for sample b PyTorch's (K,) up to near-tied scores?"""
     pos, keys, n = sc.positions[b], sc.keys[b], sc.group_size
+    if ours.unique().numel() != ours.numel():
+        return StageVerdict(problem="a token kept twice")
     io, ir = _where(ours, pos), _where(ref, pos)
     if (io < 0).any():
         return StageVerdict(problem=f"kept token {int(ours[io < 0][0])}, which did not enter the stage")
@@ -289,12 +291,18 @@ def judge_stage(ours: torch.Tensor, ref: torch.Tensor, sc: StageScores, b: int, 
 
 
 def near_tie_check(
-    kept_o: list[torch.Tensor], kept_r: list[torch.Tensor], scores: list[StageScores], tie_tol: float
+    kept_o: list[torch.Tensor],
+    kept_r: list[torch.Tensor],
+    scores: list[StageScores],
+    tie_tol: float,
+    rerun: Rerun | None = None,
 ) -> list[Check]:
     """Checks for the kept positions of one case: identical, equal up to near ties, or different.
 
-    Only a stage whose input matched PyTorch's is judged: after a near-tie swap, later stages rank
-    other tokens (or the same in another order) than PyTorch did, so they are reported, not judged."""
+    After the first stage that differs, the graph ranked other tokens than PyTorch did (or the same
+    in another order), so PyTorch's own run cannot judge the stages after it: each later stage s is
+    judged against PyTorch run on the graph's kept tokens at the stages before s (`rerun(prefix)`),
+    ranking stage s itself. Without `rerun`, those stages are reported as not judged (a failure)."""
     tokens = "/".join(str(k.shape[1]) for k in kept_o)
     if all(torch.equal(o, r) for o, r in zip(kept_o, kept_r)):
         return [Check(f"kept positions identical ({len(kept_o)} stages, {tokens} tokens)", True)]
@@ -302,50 +310,45 @@ def near_tie_check(
         return [
             Check(f"kept positions differ ({_overlaps(kept_o, kept_r)}; no PyTorch scores to judge near ties)", False)
         ]
-    swapped, reordered, after = [0] * len(kept_o), [0] * len(kept_o), set()
-    upstream: dict[int, int] = {}  # sample -> first stage where it differed
-    for s, (o, r) in enumerate(zip(kept_o, kept_r)):
-        for b in range(o.shape[0]):
-            if torch.equal(o[b], r[b]):
+    first = next(s for s, (o, r) in enumerate(zip(kept_o, kept_r)) if not torch.equal(o, r))
+    swapped, reordered = [0] * len(kept_o), [0] * len(kept_o)
+    for s in range(first, len(kept_o)):
+        if s == first:
+            ref, sc = kept_r[s], scores[s]
+        elif rerun is None:
+            return [
+                Check(f"kept positions differ after stage {first + 1}: not judged ({_overlaps(kept_o, kept_r)})", False)
+            ]
+        else:
+            outputs, free_scores = rerun(kept_o[:s])  # stages before s keep the graph's tokens
+            ref, sc = outputs[1 + s].long().cpu(), free_scores[0]
+        for b in range(kept_o[s].shape[0]):
+            if torch.equal(kept_o[s][b], ref[b]):
                 continue
-            if b in upstream:
-                after.add(s)
-                continue
-            v = judge_stage(o[b], r[b], scores[s], b, tie_tol)
+            v = judge_stage(kept_o[s][b], ref[b], sc, b, tie_tol)
             if v.problem:
+                upstream = f"; PyTorch on the graph's tokens of stages 1-{s}" if s > first else ""
                 return [
                     Check(
                         f"kept positions differ beyond near ties (stage {s + 1}, sample {b + 1}, {v.problem}; "
-                        f"tie tolerance {tie_tol:g} of the group's largest score; {_overlaps(kept_o, kept_r)})",
+                        f"tie tolerance {tie_tol:g} of the group's largest score{upstream}; {_overlaps(kept_o, kept_r)})",
                         False,
                     )
                 ]
-            swapped[s], reordered[s], upstream[b] = swapped[s] + v.swapped, reordered[s] + v.reordered, s
+            swapped[s], reordered[s] = swapped[s] + v.swapped, reordered[s] + v.reordered
     detail = ", ".join(
         f"stage {s + 1}: {w} token(s) swapped in/out, {q} in another order"
         for s, (w, q) in enumerate(zip(swapped, reordered))
         if w or q
     )
-    checks = [
+    after = f"; stages after {first + 1} judged on the graph's tokens before them" if first + 1 < len(kept_o) else ""
+    return [
         Check(
-            f"kept positions equal up to near ties ({detail}; scores within {tie_tol:g} of the group's largest)", True
+            f"kept positions equal up to near ties ({detail or 'the order carried forward'}; scores within "
+            f"{tie_tol:g} of the group's largest{after})",
+            True,
         )
     ]
-    if after:
-        overlap = {s: _set_overlap(kept_o[s], kept_r[s]) for s in sorted(after)}
-        if all(v == 1.0 for v in overlap.values()):  # a near-tie reordering upstream, nothing else
-            message = (
-                f"kept positions after the near-tie swap: the same tokens in another order "
-                f"({', '.join(f'stage {s + 1}' for s in overlap)}), as the swap's order carries forward"
-            )
-        else:
-            later = ", ".join(f"stage {s + 1}: {100 * v:.1f}% same set" for s, v in overlap.items())
-            message = (
-                f"kept positions after a near-tie swap differ ({later}): not judged, "
-                "the graph ranked other tokens than PyTorch"
-            )
-        checks.append(Check(message, False, "warning"))
-    return checks
 
 
 def _overlaps(kept_o: list[torch.Tensor], kept_r: list[torch.Tensor]) -> str:
@@ -408,19 +411,21 @@ def validate(
     return Validation(atol, tie_tol, max(diffs) if diffs else None, [c.label for c in cases], checks)
 
 
-def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], case: Case, log: Log):
-    """`rerun` for compare_case: PyTorch on `case` keeping the graph's tokens at every stage (None
-    if a stage was left unforced: then the two are not comparable)."""
-    from ..pruning import sta
+class Rerun(Protocol):
+    def __call__(self, kept: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[StageScores]]: ...
 
-    def rerun(kept: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        log(
-            f"validating on {case.label}: the PyTorch reference on the graph's kept tokens (near ties broken the other way)"
-        )
-        with forcing_kept(kept):
+
+def forced_reference(reference: Callable[[torch.Tensor], list[torch.Tensor]], case: Case, log: Log) -> Rerun:
+    """`rerun(kept)`: PyTorch on `case` keeping the graph's tokens at the first len(kept) stages
+    (all of them: logits comparable with the graph's), the later ones ranking their own; returns its
+    outputs and the scores its free stages ranked by."""
+
+    def rerun(kept: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[StageScores]]:
+        log(f"validating on {case.label}: the PyTorch reference on the graph's kept tokens of {len(kept)} stage(s)")
+        with forcing_kept(kept), recording_scores() as record:
             out = reference(case.x)
-            release_memory()
-            return None if sta.forced_kept else out
+        release_memory()
+        return out, [stage_scores(e) for e in record]
 
     return rerun
 

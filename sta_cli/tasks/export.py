@@ -509,6 +509,7 @@ def _enforce(result: Checked, allow_mismatch: bool, report: ExportReport, prefix
 def _entry(job: _Job, result: Validation | SkippedValidation) -> dict:
     """This export's entry of config.json's "exports"."""
     r, report = job.request, job.report
+    allowed = [c.message for c in result.checks if not c.ok and c.kind == "mismatch"]  # kept: --allow-mismatch
     return {
         "file": r.filename,
         "dtype": report.dtype,
@@ -518,7 +519,9 @@ def _entry(job: _Job, result: Validation | SkippedValidation) -> dict:
         "inputs": report.inputs,
         "outputs": report.outputs,
         "validated": r.validate_outputs,
+        "atol": result.atol,
         "max_abs_diff": result.max_abs_diff,
+        **({"mismatches_allowed": allowed} if allowed else {}),
         "sta_version": __version__,
     }
 
