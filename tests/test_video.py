@@ -105,12 +105,50 @@ def test_containers_and_codecs(videos, name, codec, pix):
     assert clip.info.frames_from == ("packets" if name.endswith((".mkv", ".webm")) else "index")
 
 
-def test_clip_indices_spread_and_pad():
-    assert video.clip_indices(100, 16, 4, 1) == [[19 + 4 * i for i in range(16)]]  # centred: (100 - 61) // 2
-    clips = video.clip_indices(100, 4, 2, 3)
-    assert [c[0] for c in clips] == [0, 46, 93] and clips[-1][-1] == 99
+def videomae_test_views(n: int, clip_len: int, rate: int, segments: int) -> list[list[int]]:
+    """VideoMAE's kinetics.py in test mode, written as it reads: the stride grid from frame 0 (its
+    last frame repeated up to clip_len), view k from grid entry int(k * step)."""
+    all_index = list(range(0, n, rate))
+    while len(all_index) < clip_len:
+        all_index.append(all_index[-1])
+    step = max(1.0 * (len(all_index) - clip_len) / (segments - 1), 0)
+    return [all_index[int(k * step) : int(k * step) + clip_len] for k in range(segments)]
+
+
+def mmaction_test_clips(n: int, clip_len: int, interval: int, num_clips: int) -> list[list[int]]:
+    """The Video Swin release's mmaction SampleFrames._get_test_clips, then out_of_bound_opt='loop'."""
+    ori_clip_len = clip_len * interval
+    avg_interval = (n - ori_clip_len + 1) / float(num_clips)
+    if n > ori_clip_len - 1:
+        offsets = (np.arange(num_clips) * avg_interval + avg_interval / 2.0).astype(int)
+    else:
+        offsets = np.zeros(num_clips, dtype=int)
+    return np.mod(offsets[:, None] + np.arange(clip_len)[None] * interval, n).tolist()
+
+
+def test_clip_indices_follow_the_owners_test_code():
+    """Multi-view clips start where the checkpoints' own evaluation code starts them (sta spread
+    them over all frames, view 2 of a 300-frame video at frame 60 where VideoMAE's code takes 56,
+    and padded Swin clips by repeating instead of looping)."""
+    for n in (10, 31, 64, 100, 300, 1001):
+        assert video.clip_indices(n, 16, 4, 5, video.VIDEOMAE) == videomae_test_views(n, 16, 4, 5), n
+        assert video.clip_indices(n, 16, 2, 2, video.VIDEOMAE) == videomae_test_views(n, 16, 2, 2), n
+        for clips in (1, 4):
+            assert video.clip_indices(n, 32, 2, clips, video.MMACTION) == mmaction_test_clips(n, 32, 2, clips), n
+    assert video.clip_indices(100, 16, 4, 1) == [[19 + 4 * i for i in range(16)]]  # one view: centred, (100 - 61) // 2
     assert video.clip_indices(5, 4, 2, 1) == [[0, 2, 4, 4]]  # shorter than the window: last frame repeats
     assert video.window_length(16, 4) == 61
+
+
+def test_resize_and_crops_round_as_the_references():
+    """4:3 frames to a 224 short side: VideoMAE and transformers' processor floor the long side (298,
+    sta rounded to 299), mmcv rounds half up; 3 crops start at int(k * step) (VideoMAE) or k * the
+    whole-pixel step (mmaction's ThreeCrop)."""
+    x = torch.zeros(1, 240, 320)
+    assert video.resize_short(x, 224, video.VIDEOMAE).shape[-1] == 298
+    assert video.resize_short(torch.zeros(1, 288, 352), 256, video.MMACTION).shape[-1] == 313  # 312.89
+    assert video.crop_starts(298, 224, 3, video.VIDEOMAE) == [0, 37, 74]
+    assert video.crop_starts(341, 224, 3, video.MMACTION) == [0, 58, 116]
 
 
 def test_spatial_crops_cover_the_long_side():
@@ -126,9 +164,9 @@ def test_views_temporal_by_spatial(videos):
     path = write_video(videos / "wide.mp4", "libx264", n=30, w=96, h=32)
     clip = video.read_clip(path, PRE, "3x2")
     assert clip.views.shape == (6, 3, 4, 32, 32) and clip.grid == (3, 2)
-    assert [c[0] for c in clip.indices] == [0, 10, 20]
-    # views are clip-major: view 2 is the second clip's first crop (frames 10, 13, ...)
-    assert np.allclose(grey_levels(clip.views[2:3]), [level(i) for i in (10, 13, 16, 19)], atol=3)
+    assert [c[0] for c in clip.indices] == [0, 9, 18]  # VideoMAE's test views: on the stride-3 grid
+    # views are clip-major: view 2 is the second clip's first crop (frames 9, 12, ...)
+    assert np.allclose(grey_levels(clip.views[2:3]), [level(i) for i in (9, 12, 15, 18)], atol=3)
     # the first crop holds the red marker (top-left of the frame), the second does not
     red = lambda v: float(v[0, 0, :8, :8].mean() - v[1, 0, :8, :8].mean())  # noqa: E731
     assert red(clip.views[0]) > 100 and red(clip.views[1]) < 20

@@ -49,6 +49,17 @@ PROGRESS_MIN_BYTES = 64 << 20
 TRUNCATED_BELOW = 0.9
 
 
+# Whose evaluation code a model's clips follow (preprocessing "protocol"), down to its rounding:
+#   "videomae": VideoMAE's test code (kinetics.py: frames on the stride grid from frame 0, the last
+#       one repeated for short videos, view k starting int(k * step) grid frames in; crops int(k *
+#       step) along the long side) and its resize, floored (`int(size * long / short)`, as
+#       transformers' VideoMAEImageProcessor does too);
+#   "mmaction": the Video Swin release's mmaction (SampleFrames test mode: clip k at
+#       int(avg * (k + 1/2)), frame indices looped for short videos; ThreeCrop steps of
+#       (long - crop) // 2; mmcv's resize rounded half up).
+VIDEOMAE, MMACTION = "videomae", "mmaction"
+
+
 class VideoWarning(UserWarning):
     """Something about a video the user should know (the clip is still usable): e.g. it was padded."""
 
@@ -73,10 +84,11 @@ class VideoInfo:
 # --- tensors ------------------------------------------------------------------------------------
 
 
-def resize_short(x: torch.Tensor, short: int) -> torch.Tensor:
-    """(..., H, W) float -> short side = `short`, aspect kept (bilinear, antialiased)."""
+def resize_short(x: torch.Tensor, short: int, protocol: str = VIDEOMAE) -> torch.Tensor:
+    """(..., H, W) float -> short side = `short`, aspect kept (bilinear, antialiased); the long side
+    rounded as the protocol's reference does."""
     h, w = x.shape[-2:]
-    size = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+    size = (short, _long_side(w, h, short, protocol)) if h <= w else (_long_side(h, w, short, protocol), short)
     if (h, w) == size:
         return x
     lead = x.shape[:-2]
@@ -84,22 +96,30 @@ def resize_short(x: torch.Tensor, short: int) -> torch.Tensor:
     return y.reshape(*lead, *size)
 
 
-def crop_starts(length: int, crop: int, count: int) -> list[int]:
-    """`count` crop offsets spread uniformly over `length` (one crop: the centre)."""
+def _long_side(long: int, short: int, target: int, protocol: str) -> int:
+    if protocol == MMACTION:
+        return max(target, int(long * (target / short) + 0.5))  # mmcv's _scale_size
+    return max(target, int(target * long / short))  # VideoMAE's get_resize_sizes, transformers'
+
+
+def crop_starts(length: int, crop: int, count: int, protocol: str = VIDEOMAE) -> list[int]:
+    """`count` crop offsets spread over `length` as the protocol's reference spreads them (one crop: the centre)."""
     if count == 1:
         return [(length - crop) // 2]
-    return [round(i * (length - crop) / (count - 1)) for i in range(count)]
+    if protocol == MMACTION:  # ThreeCrop's step, whole pixels
+        return [i * ((length - crop) // (count - 1)) for i in range(count)]
+    return [int(i * (length - crop) / (count - 1)) for i in range(count)]
 
 
-def spatial_crops(x: torch.Tensor, crop: int, count: int) -> list[torch.Tensor]:
+def spatial_crops(x: torch.Tensor, crop: int, count: int, protocol: str = VIDEOMAE) -> list[torch.Tensor]:
     """Square crops of (..., H, W): `count` of them along the longer side, centred on the shorter
     (the VideoMAE test protocol: 3 crops covering the long axis)."""
     h, w = x.shape[-2:]
     if min(h, w) < crop:
         raise StaError(f"frames of {w}x{h} are smaller than the {crop}px crop")  # resize_short prevents it
     along_w = w >= h
-    top = [(h - crop) // 2] * count if along_w else crop_starts(h, crop, count)
-    left = crop_starts(w, crop, count) if along_w else [(w - crop) // 2] * count
+    top = [(h - crop) // 2] * count if along_w else crop_starts(h, crop, count, protocol)
+    left = crop_starts(w, crop, count, protocol) if along_w else [(w - crop) // 2] * count
     return [x[..., t : t + crop, left_ : left_ + crop] for t, left_ in zip(top, left)]
 
 
@@ -121,7 +141,7 @@ def denormalise(x: torch.Tensor, pre: dict) -> np.ndarray:
 
 def normalise(frames: torch.Tensor, pre: dict) -> torch.Tensor:
     """(T, H, W, C) uint8 -> (C, T, crop, crop) float: short-side resize, centre crop, mean/std."""
-    x = resize_short(frames.permute(3, 0, 1, 2).float(), pre["short_side"])  # (C, T, H, W)
+    x = resize_short(frames.permute(3, 0, 1, 2).float(), pre["short_side"], protocol_of(pre))  # (C, T, H, W)
     return standardise(spatial_crops(x, pre["crop_size"], 1)[0], pre)
 
 
@@ -157,14 +177,25 @@ def window_length(num_frames: int, stride: int) -> int:
     return (num_frames - 1) * stride + 1
 
 
-def clip_indices(count: int, num_frames: int, stride: int, clips: int = 1) -> list[list[int]]:
-    """Frame indices of `clips` temporal windows spread uniformly over a video of `count` frames
-    (one window: the centre one). A video shorter than the window repeats its last frame, as the
-    VideoMAE test code does."""
-    span = window_length(num_frames, stride)
-    room = max(0, count - span)
-    starts = [room // 2] if clips == 1 else [round(i * room / (clips - 1)) for i in range(clips)]
-    return [[min(s + i * stride, count - 1) for i in range(num_frames)] for s in starts]
+def protocol_of(pre: dict) -> str:
+    return pre.get("protocol", VIDEOMAE)
+
+
+def clip_indices(count: int, num_frames: int, stride: int, clips: int = 1, protocol: str = VIDEOMAE) -> list[list[int]]:
+    """Frame indices of `clips` temporal windows over a video of `count` frames, as the protocol's
+    reference spreads them (see VIDEOMAE / MMACTION). One VideoMAE window: the centre one (its test
+    code has no single-view rule), the last frame repeated for a short video."""
+    if protocol == MMACTION:
+        avg = (count - num_frames * stride + 1) / clips
+        starts = [int(avg * (k + 0.5)) if count > num_frames * stride - 1 else 0 for k in range(clips)]
+        return [[(s + i * stride) % count for i in range(num_frames)] for s in starts]
+    if clips == 1:
+        s = max(0, count - window_length(num_frames, stride)) // 2
+        return [[min(s + i * stride, count - 1) for i in range(num_frames)]]
+    grid = list(range(0, count, stride))
+    grid += grid[-1:] * (num_frames - len(grid))
+    step = (len(grid) - num_frames) / (clips - 1)
+    return [grid[int(k * step) : int(k * step) + num_frames] for k in range(clips)]
 
 
 def centre_indices(count: int, num_frames: int, stride: int) -> list[int]:
@@ -327,7 +358,7 @@ def _display_rotation(frame, stream) -> int:
     return int(round(rot / 90.0)) * 90 % 360
 
 
-def _frame_to_tensor(frame, rotation: int, short_side: int | None) -> torch.Tensor:
+def _frame_to_tensor(frame, rotation: int, short_side: int | None, protocol: str = VIDEOMAE) -> torch.Tensor:
     """Decoded frame -> (3, H, W) uint8 RGB, rotated for display, short side resized (None: kept)."""
     rgb = frame.to_ndarray(format="rgb24")  # any pixel format, grayscale included
     if rotation:
@@ -335,7 +366,7 @@ def _frame_to_tensor(frame, rotation: int, short_side: int | None) -> torch.Tens
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
     if short_side is None:
         return x
-    return resize_short(x.float(), short_side).round().clamp(0, 255).to(torch.uint8)
+    return resize_short(x.float(), short_side, protocol).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -370,7 +401,9 @@ def _decode_until_damage(container, stream) -> Iterator:
         yield frame
 
 
-def decode_frames(path: Path, wanted: set[int], short_side: int | None, show_progress: bool = True) -> Decoded:
+def decode_frames(
+    path: Path, wanted: set[int], short_side: int | None, show_progress: bool = True, protocol: str = VIDEOMAE
+) -> Decoded:
     """Decode in order up to the last wanted frame, keeping only the wanted ones (resized at once,
     so memory holds len(wanted) small frames whatever the video's length)."""
     last = max(wanted)
@@ -387,7 +420,7 @@ def decode_frames(path: Path, wanted: set[int], short_side: int | None, show_pro
             if index in wanted:
                 rotation = _display_rotation(frame, stream)
                 size = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-                kept[index] = _frame_to_tensor(frame, rotation, short_side)
+                kept[index] = _frame_to_tensor(frame, rotation, short_side, protocol)
             if index >= last:
                 break
     return Decoded(kept, index + 1, rotation, size, damaged)
@@ -406,7 +439,7 @@ class Clip:
 def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None, show_progress: bool = True) -> Clip:
     """Sample, decode and preprocess a video as the model was evaluated (see the module docstring).
 
-    A video shorter than one window is padded by repeating its last frame, with a VideoWarning.
+    A video shorter than one window is padded as the protocol's reference pads it, with a VideoWarning.
     """
     path = Path(path)
     n_clips, n_crops = parse_views(views)
@@ -422,9 +455,9 @@ def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None,
             f"{path} is truncated or corrupt: its header announces {header_seconds:.2f}s of video, the stream holds {packet_seconds:.2f}s"
         )
 
-    num_frames, stride = pre["num_frames"], pre["frame_stride"]
-    indices = clip_indices(count, num_frames, stride, n_clips)
-    dec = decode_frames(path, {i for clip in indices for i in clip}, pre["short_side"], show_progress)
+    num_frames, stride, protocol = pre["num_frames"], pre["frame_stride"], protocol_of(pre)
+    indices = clip_indices(count, num_frames, stride, n_clips, protocol)
+    dec = decode_frames(path, {i for clip in indices for i in clip}, pre["short_side"], show_progress, protocol)
     if dec.count == 0:
         raise StaError(f"{path} has no decodable video frames")
     if dec.count <= max(i for clip in indices for i in clip):
@@ -436,8 +469,8 @@ def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None,
             f"{path.name}: {count} frames announced, {dec.count} decode: sampled over those", VideoWarning, stacklevel=2
         )
         count = dec.count
-        indices = clip_indices(count, num_frames, stride, n_clips)
-        dec = decode_frames(path, {i for clip in indices for i in clip}, pre["short_side"], show_progress)
+        indices = clip_indices(count, num_frames, stride, n_clips, protocol)
+        dec = decode_frames(path, {i for clip in indices for i in clip}, pre["short_side"], show_progress, protocol)
 
     if dec.damaged:
         # Concealed errors: the flagged frames, and frames predicted from them up to the next
@@ -452,14 +485,14 @@ def read_clip(path: Path, pre: dict, views: tuple[int, int] | str | None = None,
     if count < span:
         warnings.warn(
             f"{path.name} has {count} frames, fewer than the {span} one clip spans ({num_frames} frames at stride "
-            f"{stride}): padded by repeating its last frame",
+            f"{stride}): padded by {'looping it' if protocol == MMACTION else 'repeating its last frame'}",
             VideoWarning,
             stacklevel=2,
         )
     out = []
     for clip in indices:
         x = torch.stack([dec.frames[i] for i in clip], 1).float()  # (C, T, H, W)
-        out += [standardise(c, pre) for c in spatial_crops(x, pre["crop_size"], n_crops)]
+        out += [standardise(c, pre) for c in spatial_crops(x, pre["crop_size"], n_crops, protocol)]
     info = VideoInfo(
         path=str(path),
         container=fmt,

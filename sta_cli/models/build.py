@@ -120,6 +120,7 @@ class Family:
     inputs: the fields explicit options may override.
     short_side(crop) -> the side clips are resized to before the centre crop, as the releases were evaluated.
     kinetics_stride: the frame stride of the releases' Kinetics protocol.
+    protocol: whose evaluation code clips follow, down to its rounding (io.video: "videomae", "mmaction").
     display_name: the family as the provenance notes name it.
     """
 
@@ -133,6 +134,7 @@ class Family:
     inputs: tuple[str, ...]
     short_side: Callable[[int], int]
     kinetics_stride: int
+    protocol: str
     display_name: str
 
 
@@ -346,6 +348,7 @@ FAMILIES: dict[str, Family] = {
         inputs=_VIDEOMAE_INPUT,
         short_side=lambda crop: crop,  # resized straight to the crop size
         kinetics_stride=4,
+        protocol="videomae",
         display_name="VideoMAE",
     ),
     "videoswin": Family(
@@ -360,6 +363,7 @@ FAMILIES: dict[str, Family] = {
         # Single view as the checkpoints were validated: short side 256, centre crop 224 (scaled with the input).
         short_side=lambda crop: round(crop * 256 / 224),
         kinetics_stride=2,
+        protocol="mmaction",
         display_name="Video Swin",
     ),
 }
@@ -508,14 +512,14 @@ def _build(
     model = build_checked(lambda: family.model(cfg), weights.state_dict, what)
     model.set_sta(sta)
     labels = _labels(config, cfg.num_classes, prov, source.alias.dataset if source.alias else None)
-    if isinstance(config.get("preprocessing"), dict):
-        return Built(model, labels, _overridden(config["preprocessing"], cfg, arch))
+    if isinstance(config.get("preprocessing"), dict):  # sta's config (artifacts before 0.2 name no protocol)
+        return Built(model, labels, {"protocol": family.protocol, **_overridden(config["preprocessing"], cfg, arch)})
     stride = _stride(source, cfg.num_classes, family.kinetics_stride, prov)
     short_side = family.short_side(cfg.image_size)
     pre = _preprocessing(
         source, cfg.num_frames, cfg.image_size, short_side, stride, arch, prov, family.display_name, what
     )
-    return Built(model, labels, pre)
+    return Built(model, labels, {**pre, "protocol": family.protocol})
 
 
 def build_from_source(source, sta: STAConfig | None = None) -> nn.Module:
