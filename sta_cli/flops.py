@@ -17,6 +17,7 @@ FLOPS_LABEL = "GFLOPs (fvcore convention: 1 multiply-add = 1 FLOP)"
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-adds of one forward pass on an input of `input_shape` (batch included), model on any device."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: count the model it wraps
     with torch.device("meta"):  # a twin without weights: same code path, nothing allocated
         meta = type(model)(model.cfg, model.sta)
     x = torch.empty(input_shape, device="meta")

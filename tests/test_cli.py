@@ -112,3 +112,11 @@ def test_eval_without_a_model_takes_the_demo_with_an_r1_list_that_fits(tmp_path)
 
     summary = json.loads(r.stdout)
     assert [row["r1"] for row in summary["settings"]] == [0, 10, 21]
+
+
+def test_a_flops_change_is_signed():
+    """STA's scoring can cost more than the few tokens a small r1 drops on a narrow model: shown "+10%",
+    not "(--10%)"."""
+    from sta_cli.cli.common import flops_change
+
+    assert flops_change(0.232, 0.365) == "-36%" and flops_change(0.276, 0.252) == "+10%"

@@ -70,6 +70,9 @@ def test_load_compile_returns_a_compiled_model_with_the_same_interface():
     model = sta_cli.load("demo", r1=4, compile=True)  # compiles lazily: nothing is traced here
     assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
     assert model.sta.r1 == 4 and model.tokens_per_stage[0] == model.cfg.num_tokens
+    from sta_cli.flops import gflops
+
+    assert gflops(model) == gflops(sta_cli.load("demo", r1=4))  # counted on the model it wraps (raised)
 
 
 def test_cli_compile_refuses_a_random_order_before_any_work():

@@ -93,6 +93,13 @@ class _Clock:
         return f"{self.message} [dim]{time.perf_counter() - self.t0:.0f} s[/dim]"
 
 
+def flops_change(pruned: float, unpruned: float) -> str:
+    """The pruned model's GFLOPs against the unpruned one's, signed: "-36%", or "+4%" where STA's
+    scoring costs more than the tokens it drops (a small r1 on a narrow model)."""
+    change = pruned / unpruned - 1 if unpruned else 0.0
+    return f"{change:+.0%}"
+
+
 def peak_memory() -> str:
     """The process's peak resident size so far, as ", peak memory 2.41 GB" ("" where unknown)."""
     try:

@@ -125,8 +125,7 @@ def print_report(r: ProfileReport) -> None:
         cells = [f"{s.top5[i].label} {s.top5[i].prob:.1%}" if i < len(s.top5) else "" for s in (u, p)]
         table.add_row(f"top-{i + 1}" if i else "top-1", *cells)
     table.add_row("parameters", f"{u.params:,}", f"{p.params:,}")
-    cut = 1 - p.gflops / u.gflops if u.gflops else 0.0
-    table.add_row(FLOPS_LABEL, f"{u.gflops:.3g}", f"{p.gflops:.3g} (-{cut:.0%})")
+    table.add_row(FLOPS_LABEL, f"{u.gflops:.3g}", f"{p.gflops:.3g} ({c.flops_change(p.gflops, u.gflops)})")
     table.add_row(
         "tokens per stage", " -> ".join(map(str, u.tokens_per_stage)), " -> ".join(map(str, p.tokens_per_stage))
     )

@@ -62,7 +62,7 @@ def print_summary(report: PruneReport) -> None:
     table.add_column("unpruned", justify="right")
     table.add_column("pruned", justify="right")
     table.add_row("parameters", params, params)
-    table.add_row(FLOPS_LABEL, f"{g.unpruned:.2f}", f"{g.pruned:.2f} (-{100 * g.reduction:.0f}%)")
+    table.add_row(FLOPS_LABEL, f"{g.unpruned:.2f}", f"{g.pruned:.2f} ({c.flops_change(g.pruned, g.unpruned)})")
     table.add_row("tokens per stage", " ".join(map(str, t.unpruned)), " -> ".join(map(str, t.pruned)))
     table.add_row("top-1", v.top5_unpruned[0].label, v.top5_pruned[0].label)
     c.out.print(table)
