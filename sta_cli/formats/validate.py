@@ -313,15 +313,11 @@ def near_tie_check(
     first = next(s for s, (o, r) in enumerate(zip(kept_o, kept_r)) if not torch.equal(o, r))
     swapped, reordered = [0] * len(kept_o), [0] * len(kept_o)
     for s in range(first, len(kept_o)):
-        if s == first:
-            ref, sc = kept_r[s], scores[s]
-        elif rerun is None:
+        if s > first and rerun is None:
             return [
                 Check(f"kept positions differ after stage {first + 1}: not judged ({_overlaps(kept_o, kept_r)})", False)
             ]
-        else:
-            outputs, free_scores = rerun(kept_o[:s])  # stages before s keep the graph's tokens
-            ref, sc = outputs[1 + s].long().cpu(), free_scores[0]
+        ref, sc = (kept_r[s], scores[s]) if s == first else _rerun_stage(rerun, kept_o, s)
         for b in range(kept_o[s].shape[0]):
             if torch.equal(kept_o[s][b], ref[b]):
                 continue
@@ -349,6 +345,13 @@ def near_tie_check(
             True,
         )
     ]
+
+
+def _rerun_stage(rerun: Rerun, kept_o: list[torch.Tensor], s: int) -> tuple[torch.Tensor, StageScores]:
+    """PyTorch's kept positions at stage s and the scores it ranked them by, its stages before s
+    keeping the graph's tokens."""
+    outputs, free_scores = rerun(kept_o[:s])
+    return outputs[1 + s].long().cpu(), free_scores[0]
 
 
 def _overlaps(kept_o: list[torch.Tensor], kept_r: list[torch.Tensor]) -> str:
