@@ -52,3 +52,31 @@ def test_bad_sta_options_raise_the_one_line_error(tmp_path, options, message):
     with pytest.raises(sta_cli.StaError, match=message):
         sta_cli.prune("demo", r1=5, out=tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_library_runs_without_a_model_as_the_cli_does(tmp_path, monkeypatch):
+    """export and profile with no model use the artifact `prune` left in the current folder, from
+    Python too (profile ran the plain demo at r1 = 21 instead, and export required a source)."""
+    monkeypatch.chdir(tmp_path)
+    sta_cli.prune("demo", r1=10)
+    report = sta_cli.profile(runs=1)
+    assert report.model.artifact and report.model.spec == "demo-sta-r10"
+    assert "using the artifact in ./demo-sta-r10" in report.notes
+    exported = sta_cli.export(format="torchscript")
+    assert exported.ok and exported.output == "demo-sta-r10"
+
+
+def test_the_library_checks_what_the_cli_checks(tmp_path):
+    """A seed without a random choice, STA options of an eval that asks for r1 = 0 only, and a device
+    that is not there: the CLI's lines, not silence or torch's own exceptions."""
+    from sta_cli.demo import sample_path
+
+    with pytest.raises(sta_cli.StaError, match="--seed has no effect here"):
+        sta_cli.load("demo", seed=3)
+    assert sta_cli.load("demo", r1=4, first_group="random", seed=3).sta.seed == 3
+    (tmp_path / "videos.txt").write_text(f"{sample_path()} 0\n")
+    with pytest.raises(sta_cli.StaError, match="unknown STA option 'ordr'"):
+        sta_cli.evaluate(tmp_path / "videos.txt", "demo", "0", out=tmp_path / "ev", ordr="bfb", workers=0)
+    assert not (tmp_path / "ev").exists()
+    with pytest.raises(sta_cli.StaError, match="--device cuda: no CUDA device is available"):
+        sta_cli.load("demo", device="cuda")

@@ -6,7 +6,6 @@ import functools
 import logging
 import sys
 import time
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -124,30 +123,9 @@ if not _lib_log.handlers:
     _lib_log.propagate = False
 
 
-def local_artifact(kind: str) -> Path | None:
-    """The artifact `sta prune` left in the current folder, if any (newest first); says which it picked.
-    The one rule for a command run without a model."""
-    from ..io.artifact import find_artifacts
-
-    found = find_artifacts(Path("."))
-    if not found:
-        return None
-    others = f" (newest of {len(found)})" if len(found) > 1 else ""
-    err.print(f"{kind}: using the artifact in ./{found[0].name}{others}")
-    return found[0]
-
-
 def default_model(command: str, spec: str | None, demo: bool = False) -> str | None:
-    """The model a command runs on when none is given: the artifact `sta prune` left in the current
-    folder, else (profile, eval) the packaged demo model. Says which it picked."""
-    if spec is not None:
-        return spec
-    found = local_artifact(command)
-    if found is not None:
-        return str(found)
+    """runtime.loading.default_model (the one rule for a command run without a model), saying on
+    stderr which model `command` picked."""
     from ..runtime import loading
 
-    name = loading.demo_model() if demo else None
-    if name is not None:
-        err.print(f"{command}: no model given and no artifact here: using the packaged demo model")
-    return name
+    return loading.default_model(spec, demo, say=lambda m: err.print(f"{command}: {m}"))

@@ -167,11 +167,7 @@ def eval_command(
     from ..tasks.evaluate.run import evaluate
 
     main_rank = os.environ.get("RANK", "0") == "0"
-    model = c.default_model("eval", model, demo=True)
-    if model is None:
-        raise StaError(
-            "no model given, no artifact in the current folder and no packaged demo: pass --model (see `sta models`)"
-        )
+    model = c.default_model("eval", model, demo=True)  # None: the task's line
     try:
         summary = evaluate(
             dataset, model, r1, views=views, batch=batch, workers=workers, out=out, root=root, force=force,

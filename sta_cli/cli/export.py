@@ -147,16 +147,11 @@ def export(
     print_files(report)
 
 
-def _source_or_model(source: str | None, model: str | None) -> str:
+def _source_or_model(source: str | None, model: str | None) -> str | None:
     """What to export: SOURCE or --model, else the artifact `sta prune` left in the current folder."""
     if source is not None and model is not None:
         raise StaError("give either SOURCE or --model, not both")
-    spec = source or model
-    if spec is None:
-        spec = c.default_model("export", None)
-    if spec is None:
-        raise StaError("no SOURCE: pass an artifact folder or --model, or run `sta prune` in this folder first")
-    return spec
+    return c.default_model("export", source or model)  # None: the task's "no SOURCE" line
 
 
 def _print_failed(e: ValidationFailed, json: bool) -> None:

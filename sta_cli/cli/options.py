@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import StaError
 from ..pruning import STAConfig
 from ..pruning.config import FIRST_GROUP, ORDERS, SCHEDULES, SCORES, SIMILARITIES
 from ..runtime.device import DEVICE_HELP
@@ -255,8 +254,7 @@ def _pack_arch(given: dict):
 
 
 def _pack_sta(given: dict):
-    check_seed(given)
-    return "sta_options", {k: v for k, v in given.items() if v is not None}
+    return "sta_options", {k: v for k, v in given.items() if v is not None}  # checked by runtime.loading.sta_config
 
 
 # Add the architecture options; the command receives them as one `arch` (models.ArchOverrides).
@@ -269,11 +267,3 @@ def _ordered(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
     """Keyword-only parameters after the others (what inspect.Signature requires)."""
     kinds = [p for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
     return kinds + [p for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
-
-
-def check_seed(given: dict) -> None:
-    """A seed only matters for random choices: given without one, it is a mistake to point out."""
-    if given.get("seed") is None:
-        return
-    if given.get("first_group") not in ("random", "grid") and given.get("score") != "random":
-        raise StaError("--seed has no effect here: it seeds --first-group random | grid and --score random")

@@ -4,6 +4,7 @@ rule, the validation clip, the default output folder."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from ..models import build_from_source
 from ..models.overrides import ArchOverrides
 from ..models.registry import ALIASES
 from ..pruning import STAConfig
+from .device import torch_device
 
 
 def load(
@@ -43,7 +45,7 @@ def load(
     """
     arch = ArchOverrides.parse(num_heads, image_size, num_frames, mean, std)
     source = resolve(str(spec), revision=revision, token=token, arch=arch)
-    model = from_source(source, r1, **sta_options).to(device)
+    model = from_source(source, r1, **sta_options).to(torch_device(device))
     if compile:
         from ..compiled import compile_model
 
@@ -57,7 +59,10 @@ def sta_config(base: STAConfig | None = None, r1: int | None = None, **options) 
     if unknown:  # library calls pass STA options as keywords: name the bad one, as the CLI would
         raise StaError(f"unknown STA option {unknown[0]!r} (STA options: {', '.join(STAConfig.__dataclass_fields__)})")
     changes = {k: v for k, v in {"r1": r1, **options}.items() if v is not None}
-    return dataclasses.replace(base or STAConfig(), **changes)
+    cfg = dataclasses.replace(base or STAConfig(), **changes)
+    if options.get("seed") is not None and cfg.first_group not in ("random", "grid") and cfg.score != "random":
+        raise StaError("--seed has no effect here: it seeds --first-group random | grid and --score random")
+    return cfg
 
 
 def from_source(source: Source, r1: int | None = None, **sta_options) -> nn.Module:
@@ -94,6 +99,25 @@ def sample_clip(model: nn.Module, clip: str | Path | None = None) -> tuple[torch
 
 def default_output(source_name: str, r1: int) -> Path:
     return Path(f"{source_name}-sta-r{r1}")
+
+
+def default_model(spec: str | Path | None, demo: bool, say: Callable[[str], None]) -> str | None:
+    """The model a command runs on: `spec`, else the artifact `sta prune` left in the current folder
+    (the newest), else, for commands that can run on it (profile, eval), the packaged demo model.
+    `say` is told which was picked. The one rule, for the CLI and the library alike."""
+    from ..io.artifact import find_artifacts
+
+    if spec is not None:
+        return str(spec)
+    found = find_artifacts(Path("."))
+    if found:
+        others = f" (newest of {len(found)})" if len(found) > 1 else ""
+        say(f"using the artifact in ./{found[0].name}{others}")
+        return str(found[0])
+    name = demo_model() if demo else None
+    if name is not None:
+        say("no model given and no artifact here: using the packaged demo model")
+    return name
 
 
 def demo_model() -> str | None:

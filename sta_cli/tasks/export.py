@@ -49,7 +49,7 @@ from ..models.overrides import ArchOverrides
 from ..pruning import STAConfig
 from ..runtime import ort
 from ..runtime.device import check_device, runtime_device, torch_device
-from ..runtime.loading import default_output, sample_clip, task_sta
+from ..runtime.loading import default_model, default_output, sample_clip, task_sta
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "pt2": "model.pt2"}
 DEFAULT_ATOL = 1e-4  # fp32; Optimum's documented ViT/BERT tolerance
@@ -290,7 +290,7 @@ def validation_cases(model: nn.Module, batch: int | None, dtype: torch.dtype, cl
 
 @torch.no_grad()
 def export(
-    source: str | Path,
+    source: str | Path | None = None,
     format: str = "onnx",
     out: str | Path | None = None,
     *,
@@ -313,7 +313,8 @@ def export(
     accuracy_clips: int | None = None,
     **sta_options,
 ) -> ExportReport:
-    """Export `source` (an artifact folder, or a model spec with r1 and STA options) and validate it.
+    """Export `source` (an artifact folder, or a model spec with r1 and STA options; None: the artifact
+    `sta prune` left in the current folder) and validate it.
 
     Returns the report (also stored in the output's config.json under "exports"). Raises StaError on
     bad input and ValidationFailed (carrying the report as `.report`) when the export does not
@@ -322,6 +323,9 @@ def export(
     float32 model (see export/quantize.py). device: the one rule of runtime.device.
     """
     check_arguments(format, opset, fixed_batch, atol, device)
+    source = default_model(source, demo=False, say=log)
+    if source is None:
+        raise StaError("no SOURCE: pass an artifact folder or --model, or run `sta prune` in this folder first")
     check_quantize(quantize, format, fp16, max_accuracy_drop, accuracy_clips)
     request = ExportRequest(
         format, opset, fixed_batch, fp16, device,

@@ -188,11 +188,9 @@ def _request(clip, model, r1, onnx, batch, views, vis, sweep_r1, sweep_png, runs
         raise StaError(f"--runs must be at least 1, got {runs}")
     notes = []
     n_views, sweep_values, dev = parse_views(views), parse_sweep(sweep_r1), torch_device(device)
+    model = loading.default_model(model, demo=True, say=notes.append)
     if model is None:
-        model = loading.demo_model()
-        if model is None:
-            raise StaError("no model given and no artifact in the current folder: pass --model (see `sta models`)")
-        notes.append(f"no model given: using the packaged demo model ({model})")
+        raise StaError("no model given and no artifact in the current folder: pass --model (see `sta models`)")
     if clip is None:
         clip = loading.demo_clip()
         notes.append(

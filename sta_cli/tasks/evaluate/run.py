@@ -29,9 +29,9 @@ from ...io import video as video_io
 from ...io.artifact import file_record
 from ...io.checkpoints import Source, resolve
 from ...models import build_from_source
-from ...models.overrides import ArchOverrides
+from ...models.overrides import ArchOverrides, log
 from ...pruning import STAConfig
-from ...runtime.loading import paper_r1, sta_config
+from ...runtime.loading import default_model, paper_r1, sta_config
 from ...runtime.predict import count_params
 from .dataset import ChunkDataset, Entry, _worker_init, dataset_digest, make_chunks, map_labels, read_entries
 from .dist import Dist
@@ -158,7 +158,7 @@ def setting_key(r1: int) -> str:
 
 def evaluate(
     dataset: str | Path,
-    model: str | Path,
+    model: str | Path | None = None,
     r1: str | Sequence[int] | None = None,
     *,
     views: str | Sequence[int] = "1x1",
@@ -185,8 +185,14 @@ def evaluate(
     under torchrun when a GPU is visible). Run under torchrun to shard the work over processes;
     every rank returns the same summary. compile: run the model through torch.compile
     (sta_cli.compiled), compiled for every setting before the first video so that clips/s measures
-    the compiled model, not the compiler.
+    the compiled model, not the compiler. model None: the artifact `sta prune` left in the current
+    folder, else the packaged demo (runtime.loading.default_model).
     """
+    model = default_model(model, demo=True, say=log.info)
+    if model is None:
+        raise StaError(
+            "no model given, no artifact in the current folder and no packaged demo: pass --model (see `sta models`)"
+        )
     request = EvalRequest(
         Path(dataset), str(model), None, parse_views(views), batch, workers,
         Path(out) if out is not None else None, Path(root) if root is not None else None, force, precision,
@@ -254,6 +260,7 @@ def _load(req: EvalRequest) -> tuple[Source, nn.Module, list[STAConfig]]:
     base = STAConfig.from_dict(source.sta) if source.is_artifact else None
     net = build_from_source(source, STAConfig())
     chosen = req.r1s if req.r1s is not None else parse_r1_list([base.r1] if base and base.r1 else default_r1s(net))
+    sta_config(base, None, **req.sta_options)  # the options are checked even when only r1 = 0 is asked for
     configs = [STAConfig()] + [sta_config(base, v, **req.sta_options) for v in chosen[1:]]
     for cfg in configs:
         net.set_sta(cfg)  # validates each r1 against the token grid
