@@ -80,3 +80,9 @@ def test_the_library_checks_what_the_cli_checks(tmp_path):
     assert not (tmp_path / "ev").exists()
     with pytest.raises(sta_cli.StaError, match="--device cuda: no CUDA device is available"):
         sta_cli.load("demo", device="cuda")
+    # the architecture keywords of load and prune, on every command (export said "unknown STA option")
+    with pytest.raises(sta_cli.StaError, match="num-heads must be a positive integer, got 0"):
+        sta_cli.profile(model="demo", num_heads=0)
+    report = sta_cli.export("demo", "torchscript", tmp_path / "ts", r1=4, mean="0.4,0.4,0.4")
+    assert json.loads((tmp_path / "ts" / "config.json").read_text())["preprocessing"]["mean"] == [0.4] * 3
+    assert report.ok

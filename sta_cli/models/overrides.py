@@ -63,6 +63,18 @@ class ArchOverrides:
         split = lambda v: [p for p in v.replace(" ", ",").split(",") if p] if isinstance(v, str) else v  # noqa: E731
         return cls(num_heads, image_size, num_frames, split(mean), split(std))
 
+    @classmethod
+    def merged(cls, arch: ArchOverrides | None, options: dict) -> ArchOverrides | None:
+        """`arch` and the architecture keywords among a command's keyword `options` (num_heads=4,
+        mean="0.5,0.5,0.5"), which are taken out of `options`: every library command accepts them as
+        load and prune do (and as the CLI's --num-heads ...)."""
+        given = {k: options.pop(k) for k in list(options) if k in cls.__dataclass_fields__}
+        if not given:
+            return arch
+        if arch is not None and arch.given():
+            raise StaError("give the architecture either as arch= or as keywords (num_heads=...), not both")
+        return cls.parse(**given)
+
     def given(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

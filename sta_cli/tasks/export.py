@@ -323,6 +323,7 @@ def export(
     float32 model (see export/quantize.py). device: the one rule of runtime.device.
     """
     check_arguments(format, opset, fixed_batch, atol, device)
+    arch = ArchOverrides.merged(arch, sta_options)
     source = default_model(source, demo=False, say=log)
     if source is None:
         raise StaError("no SOURCE: pass an artifact folder or --model, or run `sta prune` in this folder first")

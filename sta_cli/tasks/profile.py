@@ -255,6 +255,7 @@ def profile(
     """
     if threads is not None and threads < 1:
         raise StaError(f"--threads must be at least 1, got {threads}")
+    arch = ArchOverrides.merged(arch, sta_options)
     notes: list[str] = []
 
     def say(msg: str) -> None:

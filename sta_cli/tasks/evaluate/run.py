@@ -188,6 +188,7 @@ def evaluate(
     the compiled model, not the compiler. model None: the artifact `sta prune` left in the current
     folder, else the packaged demo (runtime.loading.default_model).
     """
+    arch = ArchOverrides.merged(arch, sta_options)
     model = default_model(model, demo=True, say=log.info)
     if model is None:
         raise StaError(
