@@ -154,6 +154,13 @@ def verify(folder: Path, names: list[str] | None = None) -> None:
             )
 
 
+def verify_graph(path: Path) -> None:
+    """An exported graph (and its .data file) read from a folder sta wrote: as sta recorded it."""
+    path = Path(path)
+    if sta_kind(path.parent) is not None:
+        verify(path.parent, [path.name, path.name + ".data"])
+
+
 def check_complete(folder: Path) -> None:
     """An artifact must hold all of its files; name the missing ones."""
     missing = [n for n in ARTIFACT_FILES if not (Path(folder) / n).is_file()]

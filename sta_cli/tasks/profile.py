@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import StaError
 from ..flops import FLOPS_LABEL, gflops
 from ..formats.quantize import INT8_FILE
-from ..io.artifact import sta_kind, verify
+from ..io.artifact import verify_graph
 from ..io.checkpoints import Source, resolve
 from ..io.video import VideoWarning, parse_views, read_clip, synthetic_clip
 from ..log import Log, quiet
@@ -343,8 +343,8 @@ def _onnx_path(req: ProfileRequest, source: Source, say: Log) -> Path | None:
     if path is None and source.is_artifact and (source.weights[0].parent / "model.onnx").is_file():
         path = source.weights[0].parent / "model.onnx"
         say(f"timing the artifact's exported {path} with ONNX Runtime too")
-    if path is not None and sta_kind(path.parent) is not None:
-        verify(path.parent, [path.name, path.name + ".data"])
+    if path is not None:
+        verify_graph(path)
     return path
 
 
@@ -437,8 +437,7 @@ def _time_other_graphs(req: ProfileRequest, report: ProfileReport, path: Path, n
     net.set_sta(sta)
     int8_path = path.parent / INT8_FILE
     if int8_path.is_file():
-        if sta_kind(path.parent) is not None:
-            verify(path.parent, [int8_path.name, int8_path.name + ".data"])
+        verify_graph(int8_path)
         log(f"timing ONNX Runtime int8 ({int8_path.name})")
         report.onnx_int8 = time_int8(int8_path, net, sta, x, batch, req.runs, req.threads, say)
         report.pruned.onnxruntime_int8 = report.onnx_int8.timing if report.onnx_int8 else None

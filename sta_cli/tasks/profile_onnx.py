@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..errors import StaError
 from ..io import outputs
-from ..io.artifact import MANIFEST, manifest, sta_kind, verify, write_manifest
+from ..io.artifact import MANIFEST, manifest, sta_kind, verify_graph, write_manifest
 from ..log import Log
 from ..pruning import STAConfig
 from ..runtime import ort
@@ -158,7 +158,7 @@ def time_unpruned_onnx(
 
 def _reuse_unpruned(cached: Path, x, batch: int, runs: int | None, threads: int | None, say: Log) -> OnnxTiming | None:
     try:
-        verify(cached.parent, [cached.name, cached.name + ".data"])
+        verify_graph(cached)
     except StaError as e:
         say(f"{e}; the unpruned ONNX Runtime column stays empty")
         return None
