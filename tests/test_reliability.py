@@ -409,3 +409,8 @@ def test_an_export_folder_takes_formats_of_its_own_model_only(place, tmp_path):
     assert {"model.onnx", "model.pt"} <= {p.name for p in (tmp_path / "exp").iterdir()}
     r = run_cli("profile", "--model", "exp", "--runs", 1, cwd=tmp_path)  # said "model.pt is not a readable checkpoint"
     assert_one_line_error(r, "is an sta export folder (exported graphs, no weights)")
+    r = run_cli("export", "m8", "-o", "exp", "-f", "torchscript", "--force", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr  # replaced whole: the records are m8's (they kept the old model's)
+    config = __import__("json").loads((tmp_path / "exp" / "config.json").read_text())
+    assert config["preprocessing"]["mean"] == [0.4] * 3 and list(config["exports"]) == ["torchscript"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.json", "manifest.json", "model.pt"]

@@ -15,6 +15,7 @@ nothing behind. The format writers live in `sta_cli/formats/`.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import json
 import os
@@ -219,7 +220,7 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def plan_output(
-    out: Path | None, model: nn.Module, artifact: Path | None, force: bool, digest: str
+    out: Path | None, model: nn.Module, artifact: Path | None, force: bool, digest: Callable[[], str]
 ) -> tuple[Path, str]:
     """Where the files go and how: ("into", folder) adds files to the model's own artifact, an sta
     export folder of the same model, or an empty folder; ("new", folder) creates the folder (or with
@@ -247,14 +248,14 @@ def plan_output(
     return out, "new"
 
 
-def _same_export(config: dict, model: nn.Module, digest: str) -> bool:
+def _same_export(config: dict, model: nn.Module, digest: Callable[[], str]) -> bool:
     """An export folder of this model (architecture, weights, labels, preprocessing) and STA settings:
     a new format joins its files; anything else is another model, replaced only with --force."""
     ours = json.loads(json.dumps(model_config(model)))  # as config.json holds it: lists, not tuples
     sta = config.get("sta", {})
     return (
         all(config.get(k) == ours[k] for k in ("architecture", "model", "labels", "preprocessing"))
-        and config.get("weights_sha256") == digest
+        and config.get("weights_sha256") == digest()
         and all(sta.get(k) == v for k, v in model.sta.to_dict().items())
     )
 
@@ -345,10 +346,10 @@ def export(
             check_replaceable(artifact, output_files(request), force)
 
     model, artifact = load_source(source, r1, revision, token, sta_options, log, arch, refuse_files_held)
-    digest = art.weights_digest(model)
+    digest = functools.cache(lambda: art.weights_digest(model))  # only an export folder records it
     folder, mode = plan_output(None if out is None else Path(out), model, artifact, force, digest)
-    job = _job(request, model, dev, folder, str(source), digest)
-    with _writer(job, mode, force, log) as tmp:
+    job = _job(request, model, dev, folder, str(source))
+    with _writer(job, mode, force, log, digest) as tmp:
         run = _write_format(job, Path(tmp) / request.filename, log)
         _validate(job, run, Path(tmp) / request.filename, log)
     _record_files(job)
@@ -371,7 +372,7 @@ def check_replaceable(folder: Path, names: list[str], force: bool) -> None:
         )
 
 
-def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str, digest: str) -> _Job:
+def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Path, source: str) -> _Job:
     settings = pruning_settings(model)
     spec = io_spec(model, request.batch, request.dtype)
     report = ExportReport(
@@ -388,17 +389,20 @@ def _job(request: ExportRequest, model: nn.Module, dev: torch.device, folder: Pa
         report.notes.append(
             "fp16 graph: STA's token scores are still computed in float32 (they decide which tokens are kept)"
         )
-    config = {**model_config(model), "format": art.EXPORT, "sta": settings, "weights_sha256": digest}  # a new folder
+    config = {**model_config(model), "format": art.EXPORT, "sta": settings}  # for a new folder
     return _Job(request, model, dev, folder, report, config)
 
 
-def _writer(job: _Job, mode: str, force: bool, log: Log):
+def _writer(job: _Job, mode: str, force: bool, log: Log, digest: Callable[[], str]):
     """The output's transaction: a new folder, or new files into an existing one (config.json and
     the manifest rewritten last, under the folder's lock)."""
     files = output_files(job.request)
 
     def finalize(tmp):
-        write_records(tmp, job.folder, job.config, job.entries, files)
+        if mode == "into":
+            write_records(tmp, job.folder, job.config, job.entries, files)
+        else:  # this model's records only, even where --force replaces another sta folder
+            write_records(tmp, None, {**job.config, "weights_sha256": digest()}, job.entries, files)
 
     if mode != "into":
         return outputs.new_folder(job.folder, force or _is_empty_dir(job.folder), finalize=finalize)
@@ -542,10 +546,11 @@ def _record_files(job: _Job) -> None:
     report.ok = True
 
 
-def write_records(tmp: Path, folder: Path, config: dict, entries: dict[str, dict], files: list[str]) -> None:
+def write_records(tmp: Path, folder: Path | None, config: dict, entries: dict[str, dict], files: list[str]) -> None:
     """The writer's last step (under the publishing lock when adding to an existing folder): the
-    folder's config.json with this run's export entries, and the manifest with the new files' checksums."""
-    existing = art.sta_kind(folder) is not None and folder.is_dir()
+    folder's config.json with this run's export entries, and the manifest with the new files'
+    checksums. folder None: a new folder, whose records are `config` and this run's alone."""
+    existing = folder is not None and art.sta_kind(folder) is not None
     current = (_read_config(folder) if existing else None) or config
     current = {**current, "sta": config["sta"], "exports": {**(current.get("exports") or {}), **entries}}
     outputs.write_json(tmp / "config.json", current)
